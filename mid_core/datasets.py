@@ -1,0 +1,111 @@
+"""Image-classification data sets as in-memory tensors.
+
+Every loader returns an ``ImageData``: ``images`` float32 ``(N, C, H, W)`` in [0, 1] whose values are exact
+multiples of 1/255 (the store keeps 8-bit images, so clean images are 8-bit too), and ``labels`` int64 ``(N,)``.
+
+* ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, offline), resized to 1x28x28;
+  a fixed stratified split (seed 0) gives 1,437 train / 360 test images.
+* ``mnist`` / ``fmnist``: torchvision's MNIST / FashionMNIST read from ``data_root`` with ``download=False``
+  (set ``download=True`` on a machine with network).
+
+The data root comes from the argument, else the ``MID_DATA_ROOT`` environment variable, else ``./data``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATA_ROOT_ENV = "MID_DATA_ROOT"
+DATASETS = ("digits", "mnist", "fmnist")
+NUM_CLASSES = {"digits": 10, "mnist": 10, "fmnist": 10}
+IMAGE_SHAPES = {"digits": (1, 28, 28), "mnist": (1, 28, 28), "fmnist": (1, 28, 28)}
+_TORCHVISION_FOLDERS = {"mnist": "MNIST", "fmnist": "FashionMNIST"}
+
+
+@dataclass
+class ImageData:
+    """An in-memory split: ``images`` float32 (N, C, H, W) in [0, 1], ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    name: str
+    split: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, limit: int | None) -> "ImageData":
+        """The first ``limit`` rows (all rows when ``limit`` is None)."""
+        if limit is None or limit >= len(self):
+            return self
+        return ImageData(self.images[:limit], self.labels[:limit], self.name, self.split)
+
+
+def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
+    """The data root: the argument, else ``$MID_DATA_ROOT``, else ``./data``."""
+    return Path(data_root or os.environ.get(DATA_ROOT_ENV) or "data")
+
+
+def check_data_available(name: str, data_root: str | os.PathLike | None = None) -> None:
+    """Fail early, with a fix, when ``name`` cannot be read offline from the data root."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")
+    if name == "digits":
+        return
+    root = resolve_data_root(data_root)
+    raw = root / _TORCHVISION_FOLDERS[name] / "raw"
+    needed = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    missing = [f for f in needed if not (raw / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"data set {name!r} not found under {root} (missing {raw / missing[0]}). Point data.root in the "
+            f"config or ${DATA_ROOT_ENV} at a folder laid out for torchvision "
+            f"(<root>/{_TORCHVISION_FOLDERS[name]}/raw/...), or set data.download: true on a machine with network."
+        )
+
+
+def _to_unit_range_u8(images_u8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images_u8)).float().div_(255.0)
+
+
+def load_digits(split: str) -> ImageData:
+    """scikit-learn digits, bilinearly resized to 28x28 and quantised to 8 bits."""
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # (1797, 1, 8, 8)
+    images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0, 1)
+    images_u8 = torch.round(images * 255).to(torch.uint8).numpy()
+    idx = np.arange(len(bunch.target))
+    train_idx, test_idx = train_test_split(idx, test_size=0.2, random_state=0, stratify=bunch.target)
+    chosen = np.sort(train_idx if split == "train" else test_idx)
+    return ImageData(_to_unit_range_u8(images_u8[chosen]), torch.from_numpy(bunch.target[chosen].astype(np.int64)), "digits", split)
+
+
+def load_torchvision(name: str, split: str, data_root: str | os.PathLike | None, download: bool = False) -> ImageData:
+    """MNIST / FashionMNIST through torchvision (``download=False`` unless asked)."""
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    if not download:
+        check_data_available(name, data_root)
+    cls = MNIST if name == "mnist" else FashionMNIST
+    ds = cls(str(resolve_data_root(data_root)), train=(split == "train"), download=download)
+    images = ds.data.numpy()[:, None, :, :]  # (N, 1, 28, 28) uint8
+    return ImageData(_to_unit_range_u8(images), ds.targets.clone().long(), name, split)
+
+
+def load_dataset(name: str, split: str, data_root: str | os.PathLike | None = None, download: bool = False) -> ImageData:
+    """Load ``split`` ('train' or 'test') of data set ``name`` as in-memory tensors."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+    if name == "digits":
+        return load_digits(split)
+    if name in _TORCHVISION_FOLDERS:
+        return load_torchvision(name, split, data_root, download)
+    raise ValueError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")

@@ -1,0 +1,1 @@
+"""Ray + Zarr + MLflow orchestration of MID: pool generation, training, evaluation, tracking, configs."""

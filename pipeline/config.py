@@ -1,0 +1,297 @@
+"""Experiment configuration: YAML -> typed, validated dataclasses.
+
+Everything is checked before any work starts: unknown keys (with the closest valid key suggested),
+unknown data set / backbone / attack names, eps outside (0, 1], non-positive steps or sizes, negative loss
+weights, a pool with fewer than two domains, and a data root that lacks the data set. Every error is a
+``ConfigError`` whose message names the offending key and says what to change.
+
+This module imports no Ray or MLflow, so scripts that drive ``mid_core`` directly can use it too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, get_type_hints
+
+import yaml
+
+from mid_core.datasets import DATASETS, check_data_available
+from mid_core.models import BACKBONES
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"  # digits | mnist | fmnist
+    root: str | None = None  # torchvision root; default $MID_DATA_ROOT, else ./data
+    download: bool = False  # let torchvision download (needs network)
+    train_limit: int | None = None  # first N training images only (iteration; label results accordingly)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "lenet5"  # see mid_core.models.BACKBONES
+
+
+@dataclass
+class TeacherConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    recon_loss: str = "l1"  # l1 | l2
+    recon_weight: float = 1.0
+    substitute_seed_offset: int = 1000  # the substitute (transfer protocol) model uses seed + offset
+    standard_seed_offset: int = 2000  # the separate standard classifier (pool.source: standard)
+    num_workers: int = 1
+    worker_cpus: float = 0.5
+
+
+@dataclass
+class PoolConfig:
+    source: str = "teacher"  # teacher | standard: the model the pool's attacks are computed against
+    attacks: list[str] = field(default_factory=lambda: ["PGD_N", "PGD_T", "MIM_N", "MIM_T"])
+    eps: float = 0.3
+    steps: int | None = None  # override PGD/MIM/BIM step count (None: paper defaults, 40)
+    step_size: float | None = None  # override PGD/MIM/BIM step size (None: paper defaults, 0.01; BIM 0.05)
+    block_size: int = 256  # rows per Zarr chunk == per generation task
+    num_actors: int = 1
+    actor_cpus: float = 0.5
+    batch_size: int = 256  # attack batch inside an actor
+    torch_threads: int = 0  # threads per actor; 0 = auto (machine cores / actors)
+
+
+@dataclass
+class LossWeightsConfig:
+    ac: float = 1.5
+    cc: float = 0.8
+    lc: float = 1.0
+
+
+@dataclass
+class MidConfig:
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    inner_lr: float = 1e-3  # α
+    meta_test_weight: float = 1.0  # β
+    first_order: bool = False
+    use_meta: bool = True  # Table 8 ablation: meta on/off
+    use_ac: bool = True  # Table 8 ablation: distillation (AC) on/off
+    use_cc: bool = True  # Table 8 ablation: cyclic consistency on/off
+    temperature: float = 1.0
+    train_weights: LossWeightsConfig = field(default_factory=LossWeightsConfig)
+    test_weights: LossWeightsConfig = field(default_factory=lambda: LossWeightsConfig(1.0, 1.0, 1.0))
+    student_init: str = "teacher"  # teacher | random
+    num_workers: int = 1
+    worker_cpus: float = 0.5
+    torch_threads: int = 0  # threads per worker; 0 = auto (machine cores / workers)
+    shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer
+    log_every: int = 10  # steps between MLflow metric logs
+    verify_sync: bool = False  # all-gather a parameter checksum after every step (tests / debugging)
+
+
+@dataclass
+class EvaluationConfig:
+    protocols: list[str] = field(default_factory=lambda: ["paper", "whitebox", "transfer"])
+    attacks: list[str] = field(
+        default_factory=lambda: ["PGD_N", "PGD_T", "MIM_N", "MIM_T", "FGSM_N", "FGSM_T", "BIM_N", "BIM_T", "CW_N", "CW_T", "AA_N", "JSMA_T"]
+    )
+    eps: float = 0.3
+    steps: int | None = None  # override PGD/MIM/BIM steps (None: paper defaults, 40)
+    step_size: float | None = None  # override PGD/MIM/BIM step size (None: paper defaults)
+    limit: int | None = None  # first N test images (None: the full test set)
+    slow_attack_limit: int = 1000  # CW and JSMA run on the first N test images only (labelled)
+    batch_size: int = 256
+    models: list[str] = field(default_factory=lambda: ["teacher", "mid"])  # rows: teacher (undefended) and MID
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
+    experiment: str | None = None  # default: mid-<dataset>
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seed: int = 0
+    output_dir: str = "runs/experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    mid: MidConfig = field(default_factory=MidConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir)
+
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(self.out / 'mlflow.db').resolve()}"
+
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or f"mid-{self.data.dataset}"
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Recursively build dataclass ``cls`` from a mapping, rejecting unknown keys."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(raw).__name__} {raw!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {path!r}.{hint} Valid keys here: {sorted(known)}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            kwargs[key] = _build(hint_type, value, path)
+        else:
+            kwargs[key] = _coerce(value, hint_type, path)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    text = str(hint)
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"{path} must not be empty (null)")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if hint is int or text.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if hint is float or text.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if text.startswith("list"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path} must be a list of names, got {value!r}")
+        return list(value)
+    if hint is str or text.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _check_positive(value: float | int | None, path: str) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{path} must be > 0, got {value}")
+
+
+def _check_attacks(names: list[str], eps: float, steps: int | None, path: str) -> None:
+    from mid_core.attacks import default_spec
+
+    for name in names:
+        try:
+            default_spec(name, **({"steps": steps} if steps is not None else {}))
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path} lists an attack twice: {names}")
+
+
+def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig:
+    """Check every value; raise ``ConfigError`` with a fix on the first problem."""
+    if cfg.data.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset {cfg.data.dataset!r} is unknown; choose one of {list(DATASETS)}")
+    if cfg.model.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone {cfg.model.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
+    if cfg.teacher.recon_loss not in ("l1", "l2"):
+        raise ConfigError(f"teacher.recon_loss must be 'l1' or 'l2', got {cfg.teacher.recon_loss!r}")
+    if cfg.pool.source not in ("teacher", "standard"):
+        raise ConfigError(f"pool.source must be 'teacher' or 'standard', got {cfg.pool.source!r}")
+    if cfg.mid.student_init not in ("teacher", "random"):
+        raise ConfigError(f"mid.student_init must be 'teacher' or 'random', got {cfg.mid.student_init!r}")
+    for section, eps in (("pool.eps", cfg.pool.eps), ("evaluation.eps", cfg.evaluation.eps)):
+        if not 0 < eps <= 1:
+            raise ConfigError(f"{section} must be in (0, 1] (images are in [0, 1]; the paper uses 0.3), got {eps}")
+    for path, value in [
+        ("teacher.epochs", cfg.teacher.epochs), ("teacher.batch_size", cfg.teacher.batch_size), ("teacher.lr", cfg.teacher.lr),
+        ("teacher.num_workers", cfg.teacher.num_workers), ("teacher.worker_cpus", cfg.teacher.worker_cpus),
+        ("pool.steps", cfg.pool.steps), ("pool.block_size", cfg.pool.block_size), ("pool.num_actors", cfg.pool.num_actors),
+        ("pool.actor_cpus", cfg.pool.actor_cpus), ("pool.batch_size", cfg.pool.batch_size),
+        ("mid.epochs", cfg.mid.epochs), ("mid.batch_size", cfg.mid.batch_size), ("mid.lr", cfg.mid.lr),
+        ("mid.inner_lr", cfg.mid.inner_lr), ("mid.temperature", cfg.mid.temperature), ("mid.num_workers", cfg.mid.num_workers),
+        ("mid.worker_cpus", cfg.mid.worker_cpus), ("evaluation.steps", cfg.evaluation.steps),
+        ("pool.step_size", cfg.pool.step_size), ("evaluation.step_size", cfg.evaluation.step_size),
+        ("evaluation.limit", cfg.evaluation.limit), ("evaluation.slow_attack_limit", cfg.evaluation.slow_attack_limit),
+        ("evaluation.batch_size", cfg.evaluation.batch_size), ("data.train_limit", cfg.data.train_limit),
+    ]:
+        _check_positive(value, path)
+    if cfg.pool.torch_threads < 0 or cfg.mid.torch_threads < 0:
+        raise ConfigError("pool.torch_threads and mid.torch_threads must be >= 0 (0 = automatic)")
+    if cfg.mid.meta_test_weight < 0 or cfg.teacher.recon_weight < 0:
+        raise ConfigError("mid.meta_test_weight and teacher.recon_weight must be >= 0")
+    for prefix, w in (("mid.train_weights", cfg.mid.train_weights), ("mid.test_weights", cfg.mid.test_weights)):
+        for key in ("ac", "cc", "lc"):
+            if getattr(w, key) < 0:
+                raise ConfigError(f"{prefix}.{key} must be >= 0 (0 switches the term off), got {getattr(w, key)}")
+    _check_attacks(cfg.pool.attacks, cfg.pool.eps, cfg.pool.steps, "pool.attacks")
+    if len(cfg.pool.attacks) + 1 < 2:
+        raise ConfigError("pool.attacks must list at least one attack: meta-learning holds one domain out of "
+                          "benign + attacks, so it needs at least two domains")
+    if any(name.startswith(("CW", "JSMA", "AA")) for name in cfg.pool.attacks):
+        raise ConfigError("pool.attacks supports PGD, MIM, FGSM and BIM (L-inf, eps-bounded); CW, JSMA and AA are evaluation-only")
+    _check_attacks(cfg.evaluation.attacks, cfg.evaluation.eps, cfg.evaluation.steps, "evaluation.attacks")
+    unknown = set(cfg.evaluation.protocols) - {"paper", "whitebox", "transfer"}
+    if unknown or not cfg.evaluation.protocols:
+        raise ConfigError(f"evaluation.protocols must be a non-empty subset of ['paper', 'whitebox', 'transfer'], got {cfg.evaluation.protocols}")
+    bad_models = set(cfg.evaluation.models) - {"teacher", "mid", "standard", "substitute"}
+    if bad_models or not cfg.evaluation.models:
+        raise ConfigError(f"evaluation.models must be a non-empty subset of ['teacher', 'mid', 'standard', 'substitute'], got {cfg.evaluation.models}")
+    if check_data:
+        try:
+            if not cfg.data.download:
+                check_data_available(cfg.data.dataset, cfg.data.root)
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+    return cfg
+
+
+def config_from_dict(raw: Mapping[str, Any], check_data: bool = True) -> ExperimentConfig:
+    """Build and validate a config from a mapping (e.g. parsed YAML or a checkpoint's saved config)."""
+    return validate(_build(ExperimentConfig, raw, ""), check_data=check_data)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None, check_data: bool = True) -> ExperimentConfig:
+    """Load a YAML config, apply ``key.sub=value`` overrides (values parsed as YAML), and validate."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist; see configs/ for examples")
+    with p.open() as fh:
+        raw = yaml.safe_load(fh) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return config_from_dict(raw, check_data=check_data)

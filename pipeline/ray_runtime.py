@@ -1,0 +1,38 @@
+"""Connecting to Ray the same way on a laptop, in CI and on a cluster.
+
+``ray job submit`` sets ``RAY_ADDRESS`` for the job's driver, so ``ray.init()`` attaches to that cluster;
+run directly (tests, notebooks) it starts a local one. Worker processes get ``GLOO_SOCKET_IFNAME`` for
+single-machine runs where gloo would otherwise pick an interface it cannot bind.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def init_ray(num_cpus: int | None = None) -> Any:
+    """``ray.init`` that attaches to ``$RAY_ADDRESS`` when set, else starts a local cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context()
+    kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
+    if not os.environ.get("RAY_ADDRESS"):
+        kwargs["num_cpus"] = num_cpus
+        kwargs["include_dashboard"] = False
+    return ray.init(**kwargs)
+
+
+def worker_env() -> dict[str, str]:
+    """Environment variables for Ray Train workers and Ray Data actors."""
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if "GLOO_SOCKET_IFNAME" in os.environ:
+        env["GLOO_SOCKET_IFNAME"] = os.environ["GLOO_SOCKET_IFNAME"]
+    return env
+
+
+def auto_threads(requested: int, parallel: int) -> int:
+    """Torch threads for one of ``parallel`` actors/workers: ``requested``, or cores // parallel when 0."""
+    if requested > 0:
+        return requested
+    return max(1, (os.cpu_count() or 1) // max(1, parallel))

@@ -1,0 +1,110 @@
+"""MLflow tracking: one experiment per data set, one run per stage, tagged for side-by-side comparison.
+
+The driver of each job owns its run (create, params, tags, artifacts, end); Ray Train workers log step
+metrics into that run by id through ``MlflowClient`` and only on rank 0.
+
+Failure policy: the tracking store is checked when a job starts (``check_tracking``); if it cannot be
+reached the job fails at once with a message, before any compute is spent.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from pipeline.config import ExperimentConfig
+from pipeline.paths import ExperimentPaths
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking store cannot be reached."""
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_tracking(cfg: ExperimentConfig) -> str:
+    """Make sure the experiment exists and the store answers; returns the experiment id."""
+    import mlflow
+
+    uri = cfg.tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    try:
+        exp = mlflow.get_experiment_by_name(cfg.experiment_name())
+        return exp.experiment_id if exp else mlflow.create_experiment(cfg.experiment_name())
+    except Exception as exc:  # MLflow raises many types for an unreachable server
+        raise TrackingUnavailable(
+            f"MLflow tracking store {uri!r} is not reachable ({type(exc).__name__}: {str(exc)[:200]}). Start the server, "
+            "or set tracking.uri / $MLFLOW_TRACKING_URI to a reachable one (default: a local SQLite file)."
+        ) from None
+
+
+def _load_run_ids(cfg: ExperimentConfig) -> dict[str, str]:
+    path = ExperimentPaths.of(cfg).run_ids
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_run_id(cfg: ExperimentConfig, stage: str, run_id: str) -> None:
+    path = ExperimentPaths.of(cfg).run_ids
+    ids = _load_run_ids(cfg)
+    ids[stage] = run_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ids, indent=2))
+    os.replace(tmp, path)
+
+
+PARENT_STAGE = {"pool": "teacher", "mid": "pool", "evaluate": "mid"}
+
+
+@contextmanager
+def stage_run(cfg: ExperimentConfig, stage: str, method: str, extra_tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """Open the MLflow run of one stage: named ``<config>/<stage>``, tagged, with the config as params."""
+    import mlflow
+
+    experiment_id = check_tracking(cfg)
+    parent = _load_run_ids(cfg).get(PARENT_STAGE.get(stage, ""), "")
+    tags = {
+        "stage": stage, "method": method, "dataset": cfg.data.dataset, "backbone": cfg.model.backbone,
+        "config_name": cfg.name, "parent_run": parent, "output_dir": str(ExperimentPaths.of(cfg).root),
+        **dict(extra_tags or {}),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{cfg.name}/{stage}", tags=tags) as run:
+        params = {k: str(v)[:500] for k, v in _flatten(cfg.to_dict()).items()}
+        mlflow.log_params(params)
+        _save_run_id(cfg, stage, run.info.run_id)
+        yield run
+
+
+class RunLogger:
+    """Logs metrics into an existing run by id (used inside Ray Train workers; rank 0 only)."""
+
+    def __init__(self, tracking_uri: str, run_id: str | None, enabled: bool = True) -> None:
+        self.enabled = enabled and run_id is not None
+        self.run_id = run_id
+        if self.enabled:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri)
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])

@@ -1,0 +1,211 @@
+"""Stage 3: MID training on Ray Train, streaming index-aligned rows from the adversarial store.
+
+Each worker runs ``mid_core.meta_step`` on its shard of every batch. The student is NOT wrapped in DDP:
+DDP does not support the higher-order gradients of the meta step, and ``functional_call`` on
+``ddp.module`` would silently skip its gradient synchronisation. Instead each worker all-reduces (averages)
+its gradients by hand after the step, so every worker applies the same update and ends each step with
+identical parameters (``mid.verify_sync: true`` checks that after every step). The held-out attack of a step
+is a function of (seed, step), identical on every worker.
+
+Reports and checkpoints every epoch (student, optimizer, epoch, step); a restarted run resumes from the
+latest checkpoint. The deployed model (E_s then C_t) is written to ``<output_dir>/models/mid.pt``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from pipeline.config import ExperimentConfig, config_from_dict
+from pipeline.paths import ExperimentPaths
+from pipeline.ray_runtime import auto_threads, init_ray, worker_env
+from pipeline.tracking import RunLogger, stage_run
+
+
+def meta_config(cfg: ExperimentConfig) -> Any:
+    """The ``mid_core.MetaConfig`` of an experiment (ablation switches folded into the weights)."""
+    from mid_core.losses import LossWeights
+    from mid_core.meta_step import MetaConfig
+
+    def weights(w: Any) -> LossWeights:
+        return LossWeights(ac=w.ac if cfg.mid.use_ac else 0.0, cc=w.cc if cfg.mid.use_cc else 0.0, lc=w.lc)
+
+    return MetaConfig(inner_lr=cfg.mid.inner_lr, meta_test_weight=cfg.mid.meta_test_weight, first_order=cfg.mid.first_order,
+                      use_meta=cfg.mid.use_meta, temperature=cfg.mid.temperature,
+                      train_weights=weights(cfg.mid.train_weights), test_weights=weights(cfg.mid.test_weights))
+
+
+def method_name(cfg: ExperimentConfig) -> str:
+    """'mid', or e.g. 'mid[no-meta,no-cc]' for a Table 8 ablation."""
+    off = [n for n, on in (("meta", cfg.mid.use_meta), ("ac", cfg.mid.use_ac), ("cc", cfg.mid.use_cc)) if not on]
+    suffix = (["first-order"] if cfg.mid.first_order else []) + [f"no-{n}" for n in off]
+    return "mid" + (f"[{','.join(suffix)}]" if suffix else "")
+
+
+def average_gradients(model: torch.nn.Module, world_size: int) -> None:
+    """All-reduce every parameter gradient (sum) and divide by the world size, in one flat buffer."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _max_divergence(model: torch.nn.Module, world_size: int) -> float:
+    from mid_core.training import param_fingerprint
+
+    mine = param_fingerprint(model)
+    gathered = [torch.zeros_like(mine) for _ in range(world_size)]
+    dist.all_gather(gathered, mine)
+    return float(max((g - mine).abs().max() for g in gathered))
+
+
+def _mid_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: stream the store shard, run the meta step, average gradients, checkpoint."""
+    import ray.train
+
+    from mid_core.checkpoint import load_teacher, save_checkpoint
+    from mid_core.datasets import load_dataset
+    from mid_core.evaluation import accuracy
+    from mid_core.meta_step import BENIGN, apply_grads, draw_held_out, meta_step
+    from mid_core.models import DeployedModel, student_from_teacher
+    from pipeline.store_datasource import adv_column
+
+    cfg = config_from_dict(loop_config["config"], check_data=False)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(auto_threads(cfg.mid.torch_threads, cfg.mid.num_workers))
+    torch.manual_seed(cfg.seed)
+    teacher = load_teacher(loop_config["teacher_checkpoint"])
+    student = student_from_teacher(teacher, cfg.mid.student_init)
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.mid.lr)
+    mcfg = meta_config(cfg)
+    start_epoch, step = 0, 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(Path(d) / "train_state.pt", map_location="cpu", weights_only=True)
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        if rank == 0:
+            print(f"[mid] resuming from epoch {start_epoch}, step {step}", flush=True)
+    if world > 1:
+        for p in student.parameters():
+            dist.broadcast(p.data, src=0)
+    domains = [BENIGN, *loop_config["attacks"]]
+    logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"], enabled=(rank == 0))
+    validation = load_dataset(cfg.data.dataset, "test", cfg.data.root, cfg.data.download).subset(cfg.evaluation.limit or 1000)
+    shard = ray.train.get_dataset_shard("train")
+    deployed = DeployedModel(student, teacher.classifier)
+    for epoch in range(start_epoch, cfg.mid.epochs):
+        t0, sums, batches, divergence = time.perf_counter(), {}, 0, 0.0
+        held_counts = {d: 0 for d in domains}
+        for batch in shard.iter_torch_batches(batch_size=cfg.mid.batch_size, drop_last=True,
+                                              local_shuffle_buffer_size=cfg.mid.shuffle_buffer or None,
+                                              local_shuffle_seed=cfg.seed + epoch * 7919 + rank):
+            labels = batch["label"].long()
+            views = {BENIGN: batch["clean"].float().div_(255.0)}
+            for name in loop_config["attacks"]:
+                views[name] = batch[adv_column(name)].float().div_(255.0)
+            held_out = draw_held_out(domains, cfg.seed, step)
+            result = meta_step(student, teacher, views, labels, held_out, mcfg)
+            apply_grads(student, result.grads)
+            if world > 1:
+                average_gradients(student, world)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if cfg.mid.verify_sync and world > 1:
+                divergence = max(divergence, _max_divergence(student, world))
+            step += 1
+            batches += 1
+            if result.held_out:
+                held_counts[result.held_out] += 1
+            for k, v in result.metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if step % cfg.mid.log_every == 0:
+                logger.log({f"step/{k}": v for k, v in result.metrics.items()}, step=step)
+        metrics: dict[str, float] = {k: v / max(batches, 1) for k, v in sums.items()}
+        metrics.update({"epoch": epoch + 1, "steps": step, "batches_this_epoch": batches,
+                        "epoch_seconds": time.perf_counter() - t0, "max_param_divergence": divergence})
+        metrics.update({f"held_out_count/{d}": c for d, c in held_counts.items()})
+        metrics["val_clean_accuracy"] = accuracy(deployed, validation.images, validation.labels)
+        student.train()
+        logger.log({k: v for k, v in metrics.items() if not k.startswith("held_out")}, step=epoch + 1)
+        if rank == 0:
+            print(f"[mid] epoch {epoch + 1}/{cfg.mid.epochs} loss={metrics.get('loss_total', float('nan')):.4f} "
+                  f"val_clean={metrics['val_clean_accuracy']:.4f} ({metrics['epoch_seconds']:.1f}s, {batches} steps)", flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                            "epoch": epoch + 1, "step": step}, Path(d) / "train_state.pt")
+                save_checkpoint(Path(d) / "deployed.pt", deployed, kind="deployed", backbone=cfg.model.backbone,
+                                config=cfg.to_dict(), metrics=metrics, in_channels=validation.images.shape[1])
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+
+def run(cfg: ExperimentConfig, force: bool = False) -> Path:
+    """Train MID on the config's training pool; returns the deployed checkpoint path."""
+    import shutil
+
+    import mlflow
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from mid_core.checkpoint import read_checkpoint
+    from pipeline.generation import checkpoint_fingerprint
+    from pipeline.store_datasource import read_store
+    from storage_schemas import FingerprintMismatchError, open_store
+
+    paths = ExperimentPaths.of(cfg)
+    out = paths.model("mid")
+    if out.exists() and not force:
+        print(f"[mid] {out} exists; not retraining (pass --force to retrain)", flush=True)
+        return out
+    teacher_ckpt = paths.model("teacher")
+    teacher_fp = checkpoint_fingerprint(teacher_ckpt)
+    store = open_store(paths.train_pool, require_complete=True,
+                       expected_fingerprint=teacher_fp if cfg.pool.source == "teacher" else None)
+    if store.attrs.get("teacher_fingerprint") != teacher_fp:
+        raise FingerprintMismatchError(
+            f"store {paths.train_pool} was generated for teacher {store.attrs.get('teacher_fingerprint')} but the teacher "
+            f"in use is {teacher_fp}; regenerate the pool (jobs/generate_pool.py) or use the matching teacher")
+    init_ray()
+    dataset = read_store(str(paths.train_pool)).randomize_block_order(seed=cfg.seed)
+    attacks = list(store.attack_names)
+    with stage_run(cfg, "mid", method=method_name(cfg), extra_tags={"pool_id": str(store.attrs.get("pool_id", ""))}) as run_:
+        trainer = TorchTrainer(
+            _mid_worker,
+            train_loop_config={"config": cfg.to_dict(), "teacher_checkpoint": str(teacher_ckpt), "attacks": attacks,
+                               "tracking_uri": cfg.tracking_uri(), "run_id": run_.info.run_id},
+            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=ScalingConfig(num_workers=cfg.mid.num_workers, use_gpu=False,
+                                         resources_per_worker={"CPU": cfg.mid.worker_cpus}),
+            run_config=RunConfig(name=f"{cfg.name}-mid", storage_path=str(paths.ray_results),
+                                 failure_config=FailureConfig(max_failures=1),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 worker_runtime_env={"env_vars": worker_env()}),
+            datasets={"train": dataset},
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"MID training produced no checkpoint; see the Ray Train logs under {paths.ray_results}")
+        with result.checkpoint.as_directory() as d:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_suffix(".tmp")
+            shutil.copyfile(Path(d) / "deployed.pt", tmp)
+            os.replace(tmp, out)
+        final = read_checkpoint(out)["metrics"]
+        mlflow.log_metrics({f"final/{k}": float(v) for k, v in final.items() if isinstance(v, (int, float))})
+        mlflow.log_artifact(str(out), artifact_path="models")
+    return out

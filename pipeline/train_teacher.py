@@ -1,0 +1,109 @@
+"""Stage 1: train the teacher autoencoder-classifier, the transfer substitute and (optionally) a
+standard classifier on clean data, each with Ray Train (1..N workers, DDP through ``prepare_model``).
+
+The teacher has no higher-order gradients, so DDP is fine here (unlike the MID student).
+Each model is written to ``<output_dir>/models/<role>.pt`` as a weights-only checkpoint with its config.
+A model whose checkpoint already exists is not retrained (delete it to retrain).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import ExperimentConfig, config_from_dict
+from pipeline.paths import ExperimentPaths
+from pipeline.ray_runtime import init_ray, worker_env
+from pipeline.tracking import RunLogger, stage_run
+
+
+def _teacher_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: train one model (role teacher | substitute | standard) and report it."""
+    import ray.train
+    import ray.train.torch
+
+    from mid_core.checkpoint import save_checkpoint
+    from mid_core.datasets import NUM_CLASSES, load_dataset
+    from mid_core.evaluation import accuracy
+    from mid_core.models import StandardClassifier, Teacher
+    from mid_core.training import classifier_epoch, shuffled_batches, teacher_epoch
+
+    cfg = config_from_dict(loop_config["config"], check_data=False)
+    role, seed = loop_config["role"], loop_config["seed"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(seed)
+    train = load_dataset(cfg.data.dataset, "train", cfg.data.root, cfg.data.download).subset(cfg.data.train_limit)
+    test = load_dataset(cfg.data.dataset, "test", cfg.data.root, cfg.data.download)
+    in_ch, k = train.images.shape[1], NUM_CLASSES[cfg.data.dataset]
+    is_teacher_like = role in ("teacher", "substitute")
+    model = Teacher.from_backbone(cfg.model.backbone, in_ch, k) if is_teacher_like else StandardClassifier.from_backbone(cfg.model.backbone, in_ch, k)
+    wrapped = ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+    opt = torch.optim.Adam(wrapped.parameters(), lr=cfg.teacher.lr)
+    gen = torch.Generator().manual_seed(seed)
+    logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"], enabled=(rank == 0))
+    as_classifier = StandardClassifier(model.encoder, model.classifier) if is_teacher_like else model
+    metrics: dict[str, float] = {}
+    for epoch in range(cfg.teacher.epochs):
+        t0 = time.perf_counter()
+        batches = shuffled_batches(train.images, train.labels, cfg.teacher.batch_size, gen, rank, world)
+        if is_teacher_like:
+            metrics = teacher_epoch(wrapped, batches, opt, cfg.teacher.recon_loss, cfg.teacher.recon_weight)
+        else:
+            metrics = classifier_epoch(wrapped, batches, opt)
+        metrics["test_accuracy"] = accuracy(as_classifier, test.images, test.labels)
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        logger.log({f"{role}/{k_}": v for k_, v in metrics.items()}, step=epoch)
+        if rank == 0:
+            print(f"[{role}] epoch {epoch + 1}/{cfg.teacher.epochs} " + " ".join(f"{k_}={v:.4f}" for k_, v in metrics.items()), flush=True)
+    if rank == 0:
+        out = Path(loop_config["checkpoint_path"])
+        save_checkpoint(out, model, kind="teacher" if is_teacher_like else "standard", backbone=cfg.model.backbone,
+                        config=cfg.to_dict(), metrics={**metrics, "seed": seed}, in_channels=in_ch, num_classes=k)
+    ray.train.report({**metrics, "role": role})
+
+
+def models_to_train(cfg: ExperimentConfig) -> list[tuple[str, int]]:
+    """(role, seed) pairs this config needs: teacher, substitute, and standard when used."""
+    roles = [("teacher", cfg.seed), ("substitute", cfg.seed + cfg.teacher.substitute_seed_offset)]
+    if cfg.pool.source == "standard" or "standard" in cfg.evaluation.models:
+        roles.append(("standard", cfg.seed + cfg.teacher.standard_seed_offset))
+    return roles
+
+
+def run(cfg: ExperimentConfig) -> dict[str, Path]:
+    """Train every model the config needs (skipping finished ones); returns role -> checkpoint path."""
+    import mlflow
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from mid_core.checkpoint import read_checkpoint
+
+    paths = ExperimentPaths.of(cfg)
+    init_ray()
+    done: dict[str, Path] = {}
+    with stage_run(cfg, "teacher", method="teacher") as run_:
+        for role, seed in models_to_train(cfg):
+            ckpt = paths.model(role)
+            if ckpt.exists():
+                print(f"[{role}] {ckpt} exists; not retraining (delete it to retrain)", flush=True)
+            else:
+                trainer = TorchTrainer(
+                    _teacher_worker,
+                    train_loop_config={"config": cfg.to_dict(), "role": role, "seed": seed, "checkpoint_path": str(ckpt),
+                                       "tracking_uri": cfg.tracking_uri(), "run_id": run_.info.run_id},
+                    torch_config=TorchConfig(backend="gloo"),
+                    scaling_config=ScalingConfig(num_workers=cfg.teacher.num_workers, use_gpu=False,
+                                                 resources_per_worker={"CPU": cfg.teacher.worker_cpus}),
+                    run_config=RunConfig(name=f"{cfg.name}-{role}", storage_path=str(paths.ray_results),
+                                         worker_runtime_env={"env_vars": worker_env()}),
+                )
+                trainer.fit()
+            payload = read_checkpoint(ckpt)
+            mlflow.log_metrics({f"{role}/final_{k}": float(v) for k, v in payload["metrics"].items() if isinstance(v, (int, float))})
+            mlflow.log_artifact(str(ckpt), artifact_path="models")
+            done[role] = ckpt
+    return done
