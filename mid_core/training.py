@@ -45,8 +45,8 @@ def teacher_epoch(
         loss.backward()
         optimizer.step()
         n = labels.shape[0]
-        totals["ce"] += float(ce) * n
-        totals["recon"] += float(rec) * n
+        totals["ce"] += ce.item() * n
+        totals["recon"] += rec.item() * n
         totals["correct"] += float((logits.argmax(1) == labels).sum())
         totals["n"] += n
     n = max(totals["n"], 1)
@@ -67,7 +67,7 @@ def classifier_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += float(loss) * labels.shape[0]
+        loss_sum += loss.item() * labels.shape[0]
         correct += float((logits.argmax(1) == labels).sum())
         count += labels.shape[0]
     count = max(count, 1)

@@ -19,7 +19,8 @@ def init_ray(num_cpus: int | None = None) -> Any:
     kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True}
     if not os.environ.get("RAY_ADDRESS"):
         kwargs["num_cpus"] = num_cpus
-        kwargs["include_dashboard"] = False
+        kwargs["include_dashboard"] = os.environ.get("MID_RAY_DASHBOARD", "1") == "1"
+        kwargs["dashboard_host"] = "127.0.0.1"
     return ray.init(**kwargs)
 
 

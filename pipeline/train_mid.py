@@ -135,7 +135,8 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
                 logger.log({f"step/{k}": v for k, v in result.metrics.items()}, step=step)
         metrics: dict[str, float] = {k: v / max(batches, 1) for k, v in sums.items()}
         metrics.update({"epoch": epoch + 1, "steps": step, "batches_this_epoch": batches,
-                        "epoch_seconds": time.perf_counter() - t0, "max_param_divergence": divergence})
+                        "epoch_seconds": time.perf_counter() - t0, "max_param_divergence": divergence,
+                        "world_size": world, "sync_verified": float(cfg.mid.verify_sync and world > 1)})
         metrics.update({f"held_out_count/{d}": c for d, c in held_counts.items()})
         metrics["val_clean_accuracy"] = accuracy(deployed, validation.images, validation.labels)
         student.train()

@@ -16,12 +16,18 @@ import torch
 
 from pipeline.config import ExperimentConfig, config_from_dict
 from pipeline.paths import ExperimentPaths
-from pipeline.ray_runtime import init_ray, worker_env
+from pipeline.ray_runtime import auto_threads, init_ray, worker_env
 from pipeline.tracking import RunLogger, stage_run
 
 
 def _teacher_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker: train one model (role teacher | substitute | standard) and report it."""
+    """Ray Train worker: train each requested model in turn (one worker group for all of them)."""
+    for job in loop_config["jobs"]:
+        _train_one({**loop_config, **job})
+
+
+def _train_one(loop_config: dict[str, Any]) -> None:
+    """Train one model (role teacher | substitute | standard), save it on rank 0 and report."""
     import ray.train
     import ray.train.torch
 
@@ -35,6 +41,7 @@ def _teacher_worker(loop_config: dict[str, Any]) -> None:
     role, seed = loop_config["role"], loop_config["seed"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(auto_threads(0, world))
     torch.manual_seed(seed)
     train = load_dataset(cfg.data.dataset, "train", cfg.data.root, cfg.data.download).subset(cfg.data.train_limit)
     test = load_dataset(cfg.data.dataset, "test", cfg.data.root, cfg.data.download)
@@ -86,22 +93,27 @@ def run(cfg: ExperimentConfig) -> dict[str, Path]:
     init_ray()
     done: dict[str, Path] = {}
     with stage_run(cfg, "teacher", method="teacher") as run_:
+        todo = []
         for role, seed in models_to_train(cfg):
             ckpt = paths.model(role)
             if ckpt.exists():
                 print(f"[{role}] {ckpt} exists; not retraining (delete it to retrain)", flush=True)
             else:
-                trainer = TorchTrainer(
-                    _teacher_worker,
-                    train_loop_config={"config": cfg.to_dict(), "role": role, "seed": seed, "checkpoint_path": str(ckpt),
-                                       "tracking_uri": cfg.tracking_uri(), "run_id": run_.info.run_id},
-                    torch_config=TorchConfig(backend="gloo"),
-                    scaling_config=ScalingConfig(num_workers=cfg.teacher.num_workers, use_gpu=False,
-                                                 resources_per_worker={"CPU": cfg.teacher.worker_cpus}),
-                    run_config=RunConfig(name=f"{cfg.name}-{role}", storage_path=str(paths.ray_results),
-                                         worker_runtime_env={"env_vars": worker_env()}),
-                )
-                trainer.fit()
+                todo.append({"role": role, "seed": seed, "checkpoint_path": str(ckpt)})
+        if todo:
+            trainer = TorchTrainer(
+                _teacher_worker,
+                train_loop_config={"config": cfg.to_dict(), "jobs": todo,
+                                   "tracking_uri": cfg.tracking_uri(), "run_id": run_.info.run_id},
+                torch_config=TorchConfig(backend="gloo"),
+                scaling_config=ScalingConfig(num_workers=cfg.teacher.num_workers, use_gpu=False,
+                                             resources_per_worker={"CPU": cfg.teacher.worker_cpus}),
+                run_config=RunConfig(name=f"{cfg.name}-teacher", storage_path=str(paths.ray_results),
+                                     worker_runtime_env={"env_vars": worker_env()}),
+            )
+            trainer.fit()
+        for role, _seed in models_to_train(cfg):
+            ckpt = paths.model(role)
             payload = read_checkpoint(ckpt)
             mlflow.log_metrics({f"{role}/final_{k}": float(v) for k, v in payload["metrics"].items() if isinstance(v, (int, float))})
             mlflow.log_artifact(str(ckpt), artifact_path="models")

@@ -1,0 +1,130 @@
+"""All four stages on the embedded digits data set through a local Ray cluster (tiny sizes).
+
+One module-scoped run of teacher -> pool -> MID -> evaluation; each test checks one property of it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.paths import ExperimentPaths
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1500)]
+
+CLEAN_ACCURACY_MARGIN = 0.15  # MID's clean accuracy may drop at most this much below the teacher's (tiny run)
+ROBUST_GAIN = 0.05  # MID must beat the teacher on stored PGD_N test attacks by at least this much
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(ray_cluster, tmp_path_factory):
+    from pipeline import evaluate, generation, train_mid, train_teacher
+
+    out = tmp_path_factory.mktemp("e2e")
+    cfg = load_config(REPO / "configs" / "tiny_test.yaml", [f"output_dir={out}"])
+    train_teacher.run(cfg)
+    generation.run(cfg)
+    train_mid.run(cfg)
+    files = evaluate.run(cfg)
+    rows = json.loads(files["json"].read_text())["rows"]
+    return cfg, ExperimentPaths.of(cfg), {(r["protocol"], r["model"]): r for r in rows}
+
+
+def test_training_pool_validates_against_the_teacher(pipeline_run):
+    from pipeline.generation import checkpoint_fingerprint
+    from storage_schemas import open_store
+
+    cfg, paths, _ = pipeline_run
+    store = open_store(paths.train_pool, require_complete=True, expected_fingerprint=checkpoint_fingerprint(paths.model("teacher")))
+    store.validate()
+    assert store.attack_names == cfg.pool.attacks
+    assert all(0.0 <= r <= 1.0 for r in store.success_rates().values())
+
+
+def test_mid_beats_teacher_on_stored_pgd_attacks(pipeline_run):
+    _, _, rows = pipeline_run
+    assert rows[("paper", "mid")]["PGD_N"] >= rows[("paper", "teacher")]["PGD_N"] + ROBUST_GAIN
+
+
+def test_mid_clean_accuracy_within_margin(pipeline_run):
+    _, _, rows = pipeline_run
+    assert rows[("paper", "mid")]["benign"] >= rows[("paper", "teacher")]["benign"] - CLEAN_ACCURACY_MARGIN
+
+
+def test_robust_accuracy_never_exceeds_clean(pipeline_run):
+    cfg, _, rows = pipeline_run
+    for key, row in rows.items():
+        for attack in cfg.evaluation.attacks:
+            assert row[attack] <= row["benign"] + 1e-9, (key, attack)
+
+
+def test_every_protocol_has_a_labelled_row_per_model(pipeline_run):
+    cfg, paths, rows = pipeline_run
+    assert set(rows) == {(p, m) for p in cfg.evaluation.protocols for m in cfg.evaluation.models}
+    table = (paths.evaluation / "table.md").read_text()
+    for protocol in cfg.evaluation.protocols:
+        assert f"| {protocol} | mid |" in table
+    assert (paths.evaluation / "heatmap.png").stat().st_size > 1000
+
+
+def test_mlflow_holds_the_four_stage_runs_with_artifacts(pipeline_run):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    cfg, _, _ = pipeline_run
+    client = MlflowClient(cfg.tracking_uri())
+    exp = client.get_experiment_by_name(cfg.experiment_name())
+    runs = client.search_runs([exp.experiment_id])
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert set(by_stage) == {"teacher", "pool", "mid", "evaluate"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert by_stage["mid"].data.tags["parent_run"] == by_stage["pool"].info.run_id
+    expected = {"teacher": "models/teacher.pt", "mid": "models/mid.pt", "evaluate": "evaluation/table.md"}
+    for stage, artifact in expected.items():
+        listed = [f.path for f in client.list_artifacts(by_stage[stage].info.run_id, artifact.split("/")[0])]
+        assert artifact in listed, (stage, listed)
+    assert any(k.startswith("step/") for k in by_stage["mid"].data.metrics), "no per-step metrics logged"
+    mlflow.set_tracking_uri(None)
+
+
+def test_deployed_checkpoint_loads_as_robust_model(pipeline_run):
+    import torch
+
+    from mid_core import load_robust_model
+    from mid_core.datasets import load_dataset
+
+    _, paths, rows = pipeline_run
+    model = load_robust_model(paths.model("mid"))
+    test = load_dataset("digits", "test").subset(200)
+    acc = float((model(test.images).argmax(1) == test.labels).float().mean())
+    assert acc == pytest.approx(rows[("paper", "mid")]["benign"], abs=1e-6)
+
+
+def test_rerunning_mid_does_not_retrain(pipeline_run):
+    from pipeline import train_mid
+
+    cfg, paths, _ = pipeline_run
+    before = paths.model("mid").stat().st_mtime_ns
+    train_mid.run(cfg)
+    assert paths.model("mid").stat().st_mtime_ns == before
+
+
+def test_two_workers_end_every_step_with_identical_parameters(pipeline_run, tmp_path):
+    from mid_core.checkpoint import read_checkpoint
+    from pipeline import train_mid
+
+    cfg, paths, _ = pipeline_run
+    shutil.copytree(paths.root / "models", tmp_path / "models")
+    (tmp_path / "models" / "mid.pt").unlink()
+    shutil.copytree(paths.stores, tmp_path / "stores")
+    cfg2 = load_config(REPO / "configs" / "tiny_test.yaml", [
+        f"output_dir={tmp_path}", "mid.num_workers=2", "mid.worker_cpus=0.5", "mid.epochs=1", "mid.verify_sync=true"])
+    out = train_mid.run(cfg2)
+    metrics = read_checkpoint(out)["metrics"]
+    assert metrics["world_size"] == 2 and metrics["sync_verified"] == 1.0
+    assert metrics["batches_this_epoch"] > 0
+    assert metrics["max_param_divergence"] == 0.0
