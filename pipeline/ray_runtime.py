@@ -26,7 +26,8 @@ def init_ray(num_cpus: int | None = None) -> Any:
 
 def worker_env() -> dict[str, str]:
     """Environment variables for Ray Train workers and Ray Data actors."""
-    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # RAY_TRAIN_ENABLE_PRINT_PATCH=0: Ray Train 2.60 otherwise prints every worker line twice (tee + logger).
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     if "GLOO_SOCKET_IFNAME" in os.environ:
         env["GLOO_SOCKET_IFNAME"] = os.environ["GLOO_SOCKET_IFNAME"]
     return env

@@ -22,6 +22,6 @@ def ray_cluster():
     import ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
+    ray.init(address="local", num_cpus=4, include_dashboard=True, ignore_reinit_error=True, log_to_driver=True)
     yield ray
     ray.shutdown()

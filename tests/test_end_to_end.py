@@ -128,3 +128,47 @@ def test_two_workers_end_every_step_with_identical_parameters(pipeline_run, tmp_
     assert metrics["world_size"] == 2 and metrics["sync_verified"] == 1.0
     assert metrics["batches_this_epoch"] > 0
     assert metrics["max_param_divergence"] == 0.0
+
+
+def test_store_datasource_streams_index_aligned_rows(pipeline_run):
+    import hashlib
+
+    import numpy as np
+
+    from pipeline.store_datasource import adv_column, read_store
+    from storage_schemas import open_store
+
+    cfg, paths, _ = pipeline_run
+    store = open_store(paths.train_pool)
+    rows = store.read_rows(0, store.num_rows)
+
+    def key(label, clean, advs):
+        return (int(label), hashlib.sha1(np.ascontiguousarray(clean).tobytes() + b"".join(np.ascontiguousarray(a).tobytes() for a in advs)).hexdigest())
+
+    expected = sorted(key(rows["label"][i], rows["clean"][i], [rows[f"adv/{n}"][i] for n in store.attack_names]) for i in range(store.num_rows))
+    streamed = []
+    for batch in read_store(str(paths.train_pool)).iter_batches(batch_size=300, batch_format="numpy"):
+        for i in range(len(batch["label"])):
+            streamed.append(key(batch["label"][i], batch["clean"][i], [batch[adv_column(n)][i] for n in store.attack_names]))
+    assert sorted(streamed) == expected
+
+
+def test_pool_is_identical_whatever_the_number_of_actors(pipeline_run, tmp_path):
+    import numpy as np
+
+    from pipeline.generation import generate_store
+    from storage_schemas import open_store
+
+    cfg, paths, _ = pipeline_run
+    shutil.copytree(paths.root / "models", tmp_path / "models")
+    one_actor = load_config(REPO / "configs" / "tiny_test.yaml", [f"output_dir={tmp_path}", "pool.num_actors=1"])
+    assert cfg.pool.num_actors == 2
+    path = tmp_path / "pool.zarr"
+    generate_store(one_actor, path, "train", one_actor.pool.attacks, one_actor.pool.eps, one_actor.pool.steps,
+                   one_actor.pool.step_size, one_actor.data.train_limit)
+    a, b = open_store(paths.train_pool), open_store(path)
+    ra, rb = a.read_rows(0, a.num_rows), b.read_rows(0, b.num_rows)
+    assert ra.keys() == rb.keys()
+    for k in ra:
+        assert np.array_equal(ra[k], rb[k]), k
+    assert a.success_rates() == b.success_rates()

@@ -1,0 +1,40 @@
+"""Data sets load offline as 8-bit-representable tensors in [0, 1]."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from mid_core.datasets import check_data_available, load_dataset
+
+
+@pytest.mark.parametrize("split,n", [("train", 1437), ("test", 360)])
+def test_digits_shapes_and_range(split, n):
+    data = load_dataset("digits", split)
+    assert data.images.shape == (n, 1, 28, 28) and data.labels.shape == (n,)
+    assert float(data.images.min()) >= 0 and float(data.images.max()) <= 1
+    assert torch.equal(torch.round(data.images * 255) / 255, data.images), "clean images must be exactly 8-bit"
+    assert set(data.labels.tolist()) == set(range(10))
+
+
+
+@pytest.mark.skipif(not os.environ.get("MID_DATA_ROOT"), reason="needs MID_DATA_ROOT")
+def test_mnist_reads_offline_from_data_root():
+    test = load_dataset("mnist", "test")
+    assert test.images.shape == (10000, 1, 28, 28)
+    assert test.labels[0].item() == 7
+
+
+def test_missing_data_root_error_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="MID_DATA_ROOT"):
+        check_data_available("fmnist", tmp_path)
+
+
+def test_unknown_split_rejected():
+    with pytest.raises(ValueError, match="unknown split"):
+        load_dataset("digits", "validation")
+
+
+def test_digits_split_is_fixed():
+    assert torch.equal(load_dataset("digits", "train").images, load_dataset("digits", "train").images)
