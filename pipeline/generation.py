@@ -50,6 +50,20 @@ def block_seed(seed: int, block: int, attack_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+FAULT_BLOCK_ENV = "MID_FAULT_KILL_AT_BLOCK"
+FAULT_MARKER_ENV = "MID_FAULT_MARKER"
+
+
+def _maybe_inject_fault(block: int) -> None:
+    """Test hook: hard-kill this actor once, just before it writes block ``$MID_FAULT_KILL_AT_BLOCK``."""
+    import os
+
+    target, marker = os.environ.get(FAULT_BLOCK_ENV), os.environ.get(FAULT_MARKER_ENV)
+    if target and marker and block == int(target) and not os.path.exists(marker):
+        Path(marker).write_text(f"killed before writing block {block}\n")
+        os._exit(1)
+
+
 class BlockGenerator:
     """Ray Data actor: computes and writes whole store blocks against a frozen source model."""
 
@@ -107,7 +121,9 @@ class BlockGenerator:
         blocks, seconds = [], []
         for block in batch["block"].tolist():
             t0 = time.perf_counter()
-            self.store.write_block(int(block), **self.generate_block(int(block)))
+            arrays = self.generate_block(int(block))
+            _maybe_inject_fault(int(block))
+            self.store.write_block(int(block), **arrays)
             blocks.append(int(block))
             seconds.append(time.perf_counter() - t0)
         return {"block": np.array(blocks), "seconds": np.array(seconds)}
@@ -169,13 +185,16 @@ def generate_store(cfg: ExperimentConfig, path: Path, split: str, attack_names: 
                 "num_threads": auto_threads(cfg.pool.torch_threads, actors),
             },
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cfg.pool.actor_cpus,
+            # Ray Data restarts a dead actor and retries its block (max_restarts=-1 by default for actor
+            # pools; Python exceptions are not retried). Blocks are idempotent: a rewrite writes the same bytes.
             runtime_env={"env_vars": worker_env()},
         )
         with tqdm(total=len(pending), desc=f"generate {path.name}", unit="block") as bar:
             for _row in results.iter_rows():
                 bar.update(1)
     store = _reopen(path)
-    store.finalize({"pool_id": pool_id(store.attrs)})
+    if not store.attrs.get("complete"):
+        store.finalize({"pool_id": pool_id(store.attrs)})
     return store
 
 

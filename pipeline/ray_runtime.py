@@ -28,8 +28,9 @@ def worker_env() -> dict[str, str]:
     """Environment variables for Ray Train workers and Ray Data actors."""
     # RAY_TRAIN_ENABLE_PRINT_PATCH=0: Ray Train 2.60 otherwise prints every worker line twice (tee + logger).
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    if "GLOO_SOCKET_IFNAME" in os.environ:
-        env["GLOO_SOCKET_IFNAME"] = os.environ["GLOO_SOCKET_IFNAME"]
+    for name in ("GLOO_SOCKET_IFNAME", "MID_FAULT_KILL_AT_STEP", "MID_FAULT_KILL_AT_BLOCK", "MID_FAULT_MARKER"):
+        if name in os.environ:
+            env[name] = os.environ[name]
     return env
 
 

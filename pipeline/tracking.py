@@ -38,6 +38,8 @@ def check_tracking(cfg: ExperimentConfig) -> str:
     import mlflow
 
     uri = cfg.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -48,6 +50,22 @@ def check_tracking(cfg: ExperimentConfig) -> str:
         raise TrackingUnavailable(
             f"MLflow tracking store {uri!r} is not reachable ({type(exc).__name__}: {str(exc)[:200]}). Start the server, "
             "or set tracking.uri / $MLFLOW_TRACKING_URI to a reachable one (default: a local SQLite file)."
+        ) from None
+
+
+def _check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds (not after MLflow's minutes of HTTP retries) when the server does not answer."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            if response.status != 200:
+                raise OSError(f"HTTP {response.status}")
+    except (OSError, urllib.error.URLError) as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is not reachable ({exc}). Start it (e.g. `mlflow server --host 127.0.0.1 "
+            "--port 5000 --workers 1`), or set tracking.uri / $MLFLOW_TRACKING_URI to a reachable one; nothing was run."
         ) from None
 
 

@@ -68,6 +68,21 @@ def _max_divergence(model: torch.nn.Module, world_size: int) -> float:
     return float(max((g - mine).abs().max() for g in gathered))
 
 
+FAULT_STEP_ENV = "MID_FAULT_KILL_AT_STEP"
+FAULT_MARKER_ENV = "MID_FAULT_MARKER"
+
+
+def _maybe_inject_fault(step: int) -> None:
+    """Test hook: hard-kill this worker once when it reaches step ``$MID_FAULT_KILL_AT_STEP``.
+
+    The marker file ``$MID_FAULT_MARKER`` makes the fault fire only once, so the restarted worker survives.
+    """
+    target, marker = os.environ.get(FAULT_STEP_ENV), os.environ.get(FAULT_MARKER_ENV)
+    if target and marker and step == int(target) and not os.path.exists(marker):
+        Path(marker).write_text(f"killed at step {step}\n")
+        os._exit(1)
+
+
 def _mid_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker: stream the store shard, run the meta step, average gradients, checkpoint."""
     import ray.train
@@ -127,6 +142,7 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
                 divergence = max(divergence, _max_divergence(student, world))
             step += 1
             batches += 1
+            _maybe_inject_fault(step)
             if result.held_out:
                 held_counts[result.held_out] += 1
             for k, v in result.metrics.items():
@@ -182,6 +198,10 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             f"store {paths.train_pool} was generated for teacher {store.attrs.get('teacher_fingerprint')} but the teacher "
             f"in use is {teacher_fp}; regenerate the pool (jobs/generate_pool.py) or use the matching teacher")
     init_ray()
+    import ray.data
+
+    # Same config + seed -> same batches in the same order (needed for exact resume and reproducibility).
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     dataset = read_store(str(paths.train_pool)).randomize_block_order(seed=cfg.seed)
     attacks = list(store.attack_names)
     with stage_run(cfg, "mid", method=method_name(cfg), extra_tags={"pool_id": str(store.attrs.get("pool_id", ""))}) as run_:

@@ -512,6 +512,7 @@ class AdversarialStore:
         with the same inputs writes identical bytes.
         """
         self._require_writable()
+        self._require_not_complete()
         start, stop = self.block_range(block)
         block = int(block)
         n = stop - start
@@ -623,6 +624,14 @@ class AdversarialStore:
             a: (float(totals[i]) / rows if rows else float("nan")) for i, a in enumerate(self.attack_names)
         }
 
+    def _require_not_complete(self) -> None:
+        """A finalized store is immutable: refreshing a pool writes a new store (new path / version)."""
+        if self.attrs.get("complete"):
+            raise StoreError(
+                f"{self.path} is complete and immutable; write a refreshed pool to a new store path instead of "
+                "modifying this one"
+            )
+
     def finalize(self, extra_attrs: Mapping[str, Any] | None = None) -> None:
         """Mark a fully generated store complete.
 
@@ -632,6 +641,7 @@ class AdversarialStore:
         Raises :class:`IncompleteStoreError` if blocks are missing.
         """
         self._require_writable()
+        self._require_not_complete()
         pending = self.pending_blocks()
         if pending:
             raise IncompleteStoreError(

@@ -153,22 +153,69 @@ def test_store_datasource_streams_index_aligned_rows(pipeline_run):
     assert sorted(streamed) == expected
 
 
-def test_pool_is_identical_whatever_the_number_of_actors(pipeline_run, tmp_path):
+def _assert_same_store(path_a, path_b):
     import numpy as np
 
-    from pipeline.generation import generate_store
     from storage_schemas import open_store
 
-    cfg, paths, _ = pipeline_run
-    shutil.copytree(paths.root / "models", tmp_path / "models")
-    one_actor = load_config(REPO / "configs" / "tiny_test.yaml", [f"output_dir={tmp_path}", "pool.num_actors=1"])
-    assert cfg.pool.num_actors == 2
-    path = tmp_path / "pool.zarr"
-    generate_store(one_actor, path, "train", one_actor.pool.attacks, one_actor.pool.eps, one_actor.pool.steps,
-                   one_actor.pool.step_size, one_actor.data.train_limit)
-    a, b = open_store(paths.train_pool), open_store(path)
+    a, b = open_store(path_a, require_complete=True), open_store(path_b, require_complete=True)
     ra, rb = a.read_rows(0, a.num_rows), b.read_rows(0, b.num_rows)
     assert ra.keys() == rb.keys()
     for k in ra:
         assert np.array_equal(ra[k], rb[k]), k
     assert a.success_rates() == b.success_rates()
+
+
+def _regenerate_pool(cfg, dest, *overrides):
+    from pipeline.generation import generate_store
+
+    shutil.copytree(ExperimentPaths.of(cfg).root / "models", dest / "models")
+    other = load_config(REPO / "configs" / "tiny_test.yaml", [f"output_dir={dest}", *overrides])
+    path = dest / "pool.zarr"
+    generate_store(other, path, "train", other.pool.attacks, other.pool.eps, other.pool.steps,
+                   other.pool.step_size, other.data.train_limit)
+    return path
+
+
+def test_pool_is_identical_whatever_the_number_of_actors(pipeline_run, tmp_path):
+    cfg, paths, _ = pipeline_run
+    assert cfg.pool.num_actors == 2
+    _assert_same_store(paths.train_pool, _regenerate_pool(cfg, tmp_path, "pool.num_actors=1"))
+
+
+def test_killed_generation_actor_is_restarted_and_the_store_is_identical(pipeline_run, tmp_path, monkeypatch):
+    cfg, paths, _ = pipeline_run
+    monkeypatch.setenv("MID_FAULT_KILL_AT_BLOCK", "3")
+    monkeypatch.setenv("MID_FAULT_MARKER", str(tmp_path / "fault-fired"))
+    path = _regenerate_pool(cfg, tmp_path)
+    assert (tmp_path / "fault-fired").exists(), "the fault was never injected"
+    _assert_same_store(paths.train_pool, path)
+
+
+def _copy_inputs(paths, dest):
+    shutil.copytree(paths.root / "models", dest / "models")
+    (dest / "models" / "mid.pt").unlink()
+    shutil.copytree(paths.stores, dest / "stores")
+
+
+def test_killed_worker_resumes_and_matches_uninterrupted_run(pipeline_run, tmp_path, monkeypatch):
+    import torch
+
+    from mid_core.checkpoint import read_checkpoint
+    from pipeline import train_mid
+
+    _, paths, _ = pipeline_run
+    results = {}
+    for name in ("clean", "faulty"):
+        out = tmp_path / name
+        _copy_inputs(paths, out)
+        if name == "faulty":
+            monkeypatch.setenv("MID_FAULT_KILL_AT_STEP", "30")  # epoch 2 of 22-step epochs
+            monkeypatch.setenv("MID_FAULT_MARKER", str(tmp_path / "fault-fired"))
+        cfg = load_config(REPO / "configs" / "tiny_test.yaml", [f"output_dir={out}", "mid.epochs=2"])
+        results[name] = read_checkpoint(train_mid.run(cfg))
+    assert (tmp_path / "fault-fired").exists(), "the fault was never injected"
+    clean, faulty = results["clean"], results["faulty"]
+    assert clean["metrics"]["steps"] == faulty["metrics"]["steps"]
+    for k, v in clean["state_dict"].items():
+        assert torch.allclose(v, faulty["state_dict"][k], atol=1e-6), k

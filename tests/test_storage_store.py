@@ -510,3 +510,14 @@ def test_malformed_attrs_never_validate_and_only_raise_store_errors(template_sto
             store = open_store(path)
             store.validate()
             assert store.pending_blocks() == [1, 2]
+
+
+def test_a_finalized_store_is_immutable(tmp_path):
+    store = make_store(tmp_path / "s")
+    write_blocks(store, range(store.num_blocks))
+    store.finalize()
+    reopened = open_store(tmp_path / "s", mode="r+")
+    with pytest.raises(StoreError, match="complete and immutable"):
+        reopened.write_block(0, **block_data(reopened, 0))
+    with pytest.raises(StoreError, match="complete and immutable"):
+        reopened.finalize()

@@ -1,0 +1,38 @@
+"""MLflow tracking: an unreachable server fails the job at once, before any compute."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from pipeline.config import config_from_dict
+from pipeline.tracking import TrackingUnavailable, check_tracking, stage_run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_fails_fast_with_instructions(tmp_path):
+    cfg = config_from_dict({"output_dir": str(tmp_path), "tracking": {"uri": f"http://127.0.0.1:{_free_port()}"}})
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match="not reachable.*tracking.uri"):
+        check_tracking(cfg)
+    assert time.monotonic() - start < 10
+
+
+def test_stage_run_records_tags_and_parent(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = config_from_dict({"name": "t", "output_dir": str(tmp_path)})
+    with stage_run(cfg, "pool", method="pool") as pool_run:
+        pass
+    with stage_run(cfg, "mid", method="mid") as mid_run:
+        pass
+    run = MlflowClient(cfg.tracking_uri()).get_run(mid_run.info.run_id)
+    assert run.data.tags["parent_run"] == pool_run.info.run_id
+    assert run.data.tags["dataset"] == "digits" and run.data.tags["stage"] == "mid"
+    assert run.data.params["mid.epochs"] == str(cfg.mid.epochs)
