@@ -65,6 +65,7 @@ class PoolConfig:
     actor_cpus: float = 0.5
     batch_size: int = 256  # attack batch inside an actor
     torch_threads: int = 0  # threads per actor; 0 = auto (machine cores / actors)
+    refresh_every: int = 0  # regenerate the pool against the current deployed model every K MID epochs (0 = static)
 
 
 @dataclass
@@ -242,6 +243,8 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
         ("evaluation.batch_size", cfg.evaluation.batch_size), ("data.train_limit", cfg.data.train_limit),
     ]:
         _check_positive(value, path)
+    if cfg.pool.refresh_every < 0:
+        raise ConfigError(f"pool.refresh_every must be >= 0 (0 = static pool), got {cfg.pool.refresh_every}")
     if cfg.pool.torch_threads < 0 or cfg.mid.torch_threads < 0:
         raise ConfigError("pool.torch_threads and mid.torch_threads must be >= 0 (0 = automatic)")
     if cfg.mid.meta_test_weight < 0 or cfg.teacher.recon_weight < 0:

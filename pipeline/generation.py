@@ -149,8 +149,13 @@ def pool_id(attrs: Mapping[str, Any]) -> str:
 
 def generate_store(cfg: ExperimentConfig, path: Path, split: str, attack_names: list[str], eps: float,
                    steps: int | None, step_size: float | None, limit: int | None,
-                   extra_attrs: Mapping[str, Any] | None = None) -> Any:
-    """Create (or resume) one store and fill every pending block through Ray Data actors."""
+                   extra_attrs: Mapping[str, Any] | None = None, source: Path | None = None,
+                   source_role: str | None = None, seed: int | None = None) -> Any:
+    """Create (or resume) one store and fill every pending block through Ray Data actors.
+
+    ``source`` / ``source_role`` default to the config's pool source (teacher or standard model); the pool
+    refresh passes the current deployed MID model instead. ``seed`` defaults to the config's seed.
+    """
     import ray
     from tqdm import tqdm
 
@@ -159,15 +164,16 @@ def generate_store(cfg: ExperimentConfig, path: Path, split: str, attack_names: 
 
     num_rows = len(load_dataset(cfg.data.dataset, split, cfg.data.root, cfg.data.download).subset(limit))
     specs = attack_specs(attack_names, eps, steps, step_size)
-    source = source_checkpoint(cfg)
+    source = source or source_checkpoint(cfg)
+    seed = cfg.seed if seed is None else seed
     if not source.exists():
         raise FileNotFoundError(f"source model {source} not found: run jobs/train_teacher.py with this config first")
     teacher_fp = checkpoint_fingerprint(ExperimentPaths.of(cfg).model("teacher"))
     store = create_store(
         path, dataset=cfg.data.dataset, split=split, num_rows=num_rows, image_shape=IMAGE_SHAPES[cfg.data.dataset],
         attacks={n: s.to_dict() for n, s in specs.items()}, source_fingerprint=checkpoint_fingerprint(source),
-        source_arch=cfg.model.backbone, seed=cfg.seed, block_size=cfg.pool.block_size,
-        extra_attrs={"source_role": cfg.pool.source, "teacher_fingerprint": teacher_fp, "limit": limit,
+        source_arch=cfg.model.backbone, seed=seed, block_size=cfg.pool.block_size,
+        extra_attrs={"source_role": source_role or cfg.pool.source, "teacher_fingerprint": teacher_fp, "limit": limit,
                      "config_name": cfg.name, **dict(extra_attrs or {})},
     )
     pending = store.pending_blocks()
@@ -181,7 +187,7 @@ def generate_store(cfg: ExperimentConfig, path: Path, split: str, attack_names: 
             fn_constructor_kwargs={
                 "store_path": str(path), "source_checkpoint": str(source), "dataset": cfg.data.dataset, "split": split,
                 "data_root": cfg.data.root, "download": cfg.data.download, "limit": limit,
-                "specs": {n: s.to_dict() for n, s in specs.items()}, "seed": cfg.seed, "batch_size": cfg.pool.batch_size,
+                "specs": {n: s.to_dict() for n, s in specs.items()}, "seed": seed, "batch_size": cfg.pool.batch_size,
                 "num_threads": auto_threads(cfg.pool.torch_threads, actors),
             },
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cfg.pool.actor_cpus,

@@ -104,10 +104,15 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.mid.lr)
     mcfg = meta_config(cfg)
     start_epoch, step = 0, 0
+    end_epoch = int(loop_config.get("end_epoch") or cfg.mid.epochs)
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
+    state = None
+    if checkpoint:  # a restarted worker group (or a rerun of this segment) resumes from its last checkpoint
         with checkpoint.as_directory() as d:
             state = torch.load(Path(d) / "train_state.pt", map_location="cpu", weights_only=True)
+    elif loop_config.get("init_state"):  # the next segment after a pool refresh continues the previous one
+        state = torch.load(loop_config["init_state"], map_location="cpu", weights_only=True)
+    if state is not None:
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
@@ -117,11 +122,12 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
         for p in student.parameters():
             dist.broadcast(p.data, src=0)
     domains = [BENIGN, *loop_config["attacks"]]
+    pool_version = int(loop_config.get("pool_version", 0))
     logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"], enabled=(rank == 0))
     validation = load_dataset(cfg.data.dataset, "test", cfg.data.root, cfg.data.download).subset(cfg.evaluation.limit or 1000)
     shard = ray.train.get_dataset_shard("train")
     deployed = DeployedModel(student, teacher.classifier)
-    for epoch in range(start_epoch, cfg.mid.epochs):
+    for epoch in range(start_epoch, end_epoch):
         t0, sums, batches, divergence = time.perf_counter(), {}, 0, 0.0
         held_counts = {d: 0 for d in domains}
         for batch in shard.iter_torch_batches(batch_size=cfg.mid.batch_size, drop_last=True,
@@ -152,7 +158,8 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
         metrics: dict[str, float] = {k: v / max(batches, 1) for k, v in sums.items()}
         metrics.update({"epoch": epoch + 1, "steps": step, "batches_this_epoch": batches,
                         "epoch_seconds": time.perf_counter() - t0, "max_param_divergence": divergence,
-                        "world_size": world, "sync_verified": float(cfg.mid.verify_sync and world > 1)})
+                        "world_size": world, "sync_verified": float(cfg.mid.verify_sync and world > 1),
+                        "pool_version": pool_version})
         metrics.update({f"held_out_count/{d}": c for d, c in held_counts.items()})
         metrics["val_clean_accuracy"] = accuracy(deployed, validation.images, validation.labels)
         student.train()
@@ -171,61 +178,122 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)
 
 
-def run(cfg: ExperimentConfig, force: bool = False) -> Path:
-    """Train MID on the config's training pool; returns the deployed checkpoint path."""
-    import shutil
+def _open_training_store(cfg: ExperimentConfig, path: Path, teacher_fp: str, source_fp: str | None) -> Any:
+    """Open a complete training pool and check it belongs to the teacher in use (and to its source model)."""
+    from storage_schemas import FingerprintMismatchError, open_store
 
-    import mlflow
+    store = open_store(path, require_complete=True, expected_fingerprint=source_fp)
+    if store.attrs.get("teacher_fingerprint") != teacher_fp:
+        raise FingerprintMismatchError(
+            f"store {path} was generated for teacher {store.attrs.get('teacher_fingerprint')} but the teacher "
+            f"in use is {teacher_fp}; regenerate the pool (jobs/generate_pool.py) or use the matching teacher")
+    return store
+
+
+def _fit_segment(cfg: ExperimentConfig, paths: ExperimentPaths, store_path: Path, attacks: list[str], name: str,
+                 end_epoch: int, init_state: Path | None, pool_version: int, run_id: str) -> Any:
+    """One Ray Train run over epochs [previous end, end_epoch) on one pool version."""
+    import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from mid_core.checkpoint import read_checkpoint
-    from pipeline.generation import checkpoint_fingerprint
     from pipeline.store_datasource import read_store
-    from storage_schemas import FingerprintMismatchError, open_store
+
+    # Same config + seed -> same batches in the same order (needed for exact resume and reproducibility).
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    dataset = read_store(str(store_path)).randomize_block_order(seed=cfg.seed + pool_version)
+    trainer = TorchTrainer(
+        _mid_worker,
+        train_loop_config={"config": cfg.to_dict(), "teacher_checkpoint": str(paths.model("teacher")), "attacks": attacks,
+                           "tracking_uri": cfg.tracking_uri(), "run_id": run_id, "end_epoch": end_epoch,
+                           "init_state": str(init_state) if init_state else None, "pool_version": pool_version},
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.mid.num_workers, use_gpu=False,
+                                     resources_per_worker={"CPU": cfg.mid.worker_cpus}),
+        run_config=RunConfig(name=name, storage_path=str(paths.ray_results),
+                             failure_config=FailureConfig(max_failures=1),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             worker_runtime_env={"env_vars": worker_env()}),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"MID training produced no checkpoint; see the Ray Train logs under {paths.ray_results}")
+    return result.checkpoint
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def refreshed_pool_path(paths: ExperimentPaths, version: int) -> Path:
+    """Pool version ``version`` (0 = the pool generated against the teacher by jobs/generate_pool.py)."""
+    return paths.train_pool if version == 0 else paths.stores / f"pool_train_r{version}.zarr"
+
+
+def run(cfg: ExperimentConfig, force: bool = False) -> Path:
+    """Train MID on the config's training pool; returns the deployed checkpoint path.
+
+    With ``pool.refresh_every: K`` the run is split into segments of K epochs; after each segment the pool is
+    regenerated (same Ray Data job, new store version ``stores/pool_train_r<n>.zarr``) against the current
+    deployed model, so the pool follows the model being trained. The store records the source model's
+    fingerprint, role ``deployed`` and the epoch it came from.
+    """
+    import shutil
+
+    import mlflow
+
+    from mid_core.checkpoint import read_checkpoint
+    from pipeline.generation import checkpoint_fingerprint, generate_store
 
     paths = ExperimentPaths.of(cfg)
     out = paths.model("mid")
     if out.exists() and not force:
         print(f"[mid] {out} exists; not retraining (pass --force to retrain)", flush=True)
         return out
-    teacher_ckpt = paths.model("teacher")
-    teacher_fp = checkpoint_fingerprint(teacher_ckpt)
-    store = open_store(paths.train_pool, require_complete=True,
-                       expected_fingerprint=teacher_fp if cfg.pool.source == "teacher" else None)
-    if store.attrs.get("teacher_fingerprint") != teacher_fp:
-        raise FingerprintMismatchError(
-            f"store {paths.train_pool} was generated for teacher {store.attrs.get('teacher_fingerprint')} but the teacher "
-            f"in use is {teacher_fp}; regenerate the pool (jobs/generate_pool.py) or use the matching teacher")
-    init_ray()
-    import ray.data
-
-    # Same config + seed -> same batches in the same order (needed for exact resume and reproducibility).
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    dataset = read_store(str(paths.train_pool)).randomize_block_order(seed=cfg.seed)
+    base_name = f"{cfg.name}-mid"
+    if force:  # a forced retrain must not resume from the previous run's checkpoints
+        for old in paths.ray_results.glob(f"{base_name}*"):
+            shutil.rmtree(old)
+    teacher_fp = checkpoint_fingerprint(paths.model("teacher"))
+    store = _open_training_store(cfg, paths.train_pool, teacher_fp, teacher_fp if cfg.pool.source == "teacher" else None)
     attacks = list(store.attack_names)
-    with stage_run(cfg, "mid", method=method_name(cfg), extra_tags={"pool_id": str(store.attrs.get("pool_id", ""))}) as run_:
-        trainer = TorchTrainer(
-            _mid_worker,
-            train_loop_config={"config": cfg.to_dict(), "teacher_checkpoint": str(teacher_ckpt), "attacks": attacks,
-                               "tracking_uri": cfg.tracking_uri(), "run_id": run_.info.run_id},
-            torch_config=TorchConfig(backend="gloo"),
-            scaling_config=ScalingConfig(num_workers=cfg.mid.num_workers, use_gpu=False,
-                                         resources_per_worker={"CPU": cfg.mid.worker_cpus}),
-            run_config=RunConfig(name=f"{cfg.name}-mid", storage_path=str(paths.ray_results),
-                                 failure_config=FailureConfig(max_failures=1),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
-                                 worker_runtime_env={"env_vars": worker_env()}),
-            datasets={"train": dataset},
-        )
-        result = trainer.fit()
-        if result.checkpoint is None:
-            raise RuntimeError(f"MID training produced no checkpoint; see the Ray Train logs under {paths.ray_results}")
-        with result.checkpoint.as_directory() as d:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            shutil.copyfile(Path(d) / "deployed.pt", tmp)
-            os.replace(tmp, out)
+    init_ray()
+    segment_len = cfg.pool.refresh_every or cfg.mid.epochs
+    state_dir = paths.root / "mid_segments"
+    tags = {"pool_id": str(store.attrs.get("pool_id", "")), "pool_refresh_every": str(cfg.pool.refresh_every)}
+    with stage_run(cfg, "mid", method=method_name(cfg), extra_tags=tags) as run_:
+        epoch, version, init_state, source_fp = 0, 0, None, None
+        while epoch < cfg.mid.epochs:
+            end = min(cfg.mid.epochs, epoch + segment_len)
+            store_path = refreshed_pool_path(paths, version)
+            if version > 0:
+                _open_training_store(cfg, store_path, teacher_fp, source_fp)
+            name = base_name if not cfg.pool.refresh_every else f"{base_name}-seg{version}"
+            checkpoint = _fit_segment(cfg, paths, store_path, attacks, name, end, init_state, version, run_.info.run_id)
+            with checkpoint.as_directory() as d:
+                init_state = state_dir / f"train_state_epoch{end}.pt"
+                _copy_atomic(Path(d) / "train_state.pt", init_state)
+                deployed = state_dir / f"deployed_epoch{end}.pt"
+                _copy_atomic(Path(d) / "deployed.pt", deployed)
+            epoch = end
+            if cfg.pool.refresh_every and epoch < cfg.mid.epochs:
+                version += 1
+                t0 = time.perf_counter()
+                refreshed = generate_store(
+                    cfg, refreshed_pool_path(paths, version), "train", attacks, cfg.pool.eps, cfg.pool.steps,
+                    cfg.pool.step_size, cfg.data.train_limit, {"role": "train_pool", "refresh_epoch": epoch,
+                                                               "pool_version": version},
+                    source=deployed, source_role="deployed", seed=cfg.seed + version)
+                source_fp = checkpoint_fingerprint(deployed)
+                mlflow.log_metrics({f"refresh/success_rate/{k}": v for k, v in refreshed.success_rates().items()}, step=epoch)
+                mlflow.log_metric("refresh/seconds", time.perf_counter() - t0, step=epoch)
+        _copy_atomic(state_dir / f"deployed_epoch{epoch}.pt", out)
         final = read_checkpoint(out)["metrics"]
         mlflow.log_metrics({f"final/{k}": float(v) for k, v in final.items() if isinstance(v, (int, float))})
         mlflow.log_artifact(str(out), artifact_path="models")

@@ -219,3 +219,21 @@ def test_killed_worker_resumes_and_matches_uninterrupted_run(pipeline_run, tmp_p
     assert clean["metrics"]["steps"] == faulty["metrics"]["steps"]
     for k, v in clean["state_dict"].items():
         assert torch.allclose(v, faulty["state_dict"][k], atol=1e-6), k
+
+
+def test_pool_refresh_regenerates_against_the_deployed_model(pipeline_run, tmp_path):
+    from mid_core.checkpoint import read_checkpoint
+    from pipeline import train_mid
+    from pipeline.generation import checkpoint_fingerprint
+    from storage_schemas import open_store
+
+    _, paths, _ = pipeline_run
+    _copy_inputs(paths, tmp_path)
+    cfg = load_config(REPO / "configs" / "tiny_test.yaml", [f"output_dir={tmp_path}", "mid.epochs=2", "pool.refresh_every=1"])
+    out = train_mid.run(cfg)
+    refreshed = open_store(tmp_path / "stores" / "pool_train_r1.zarr", require_complete=True)
+    assert refreshed.attrs["source_role"] == "deployed" and refreshed.attrs["refresh_epoch"] == 1
+    assert refreshed.source_fingerprint == checkpoint_fingerprint(tmp_path / "mid_segments" / "deployed_epoch1.pt")
+    assert refreshed.attrs["teacher_fingerprint"] == checkpoint_fingerprint(paths.model("teacher"))
+    metrics = read_checkpoint(out)["metrics"]
+    assert metrics["epoch"] == 2 and metrics["pool_version"] == 1
