@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -25,3 +26,32 @@ def ray_cluster():
     ray.init(address="local", num_cpus=4, include_dashboard=True, ignore_reinit_error=True, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+def _train_tiny(num_images: int = 300, epochs: int = 8):
+    """A briefly trained lenet_tiny classifier on digits and 32 test images: (model, images, labels)."""
+    from mid_core.datasets import load_dataset
+    from mid_core.models import StandardClassifier
+
+    torch.manual_seed(0)
+    data = load_dataset("digits", "train")
+    x, y = data.images[:num_images], data.labels[:num_images]
+    model = StandardClassifier.from_backbone("lenet_tiny")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(epochs):
+        for i in range(0, num_images, 50):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i:i + 50]), y[i:i + 50]).backward()
+            opt.step()
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    test = load_dataset("digits", "test")
+    return model, test.images[:32], test.labels[:32]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """Per test module: a freshly trained tiny classifier (tests may change its flags)."""
+    torch.set_num_threads(1)
+    return _train_tiny()

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mid_core.attacks import default_spec
-from mid_core.datasets import load_dataset
 from mid_core.evaluation import (
     AttackResult,
     SanityWarning,
@@ -22,32 +20,9 @@ from mid_core.evaluation import (
     score_fixed_adversarial,
     summarize_row,
 )
-from mid_core.models import StandardClassifier
 from mid_core.quantize import to_uint8
 
 
-def _train_tiny(num_images: int = 300, epochs: int = 8) -> tuple[StandardClassifier, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    data = load_dataset("digits", "train")
-    x, y = data.images[:num_images], data.labels[:num_images]
-    model = StandardClassifier.from_backbone("lenet_tiny")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(epochs):
-        for i in range(0, num_images, 50):
-            opt.zero_grad()
-            F.cross_entropy(model(x[i:i + 50]), y[i:i + 50]).backward()
-            opt.step()
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    test = load_dataset("digits", "test")
-    return model, test.images[:32], test.labels[:32]
-
-
-@pytest.fixture(scope="module")
-def trained():
-    torch.set_num_threads(1)
-    return _train_tiny()
 
 
 class RoundedInput(nn.Module):
