@@ -1,0 +1,452 @@
+"""Shared helpers of the benchmarks: interleaved timing, the JSON last line, resident memory, test fixtures.
+
+Timing on a shared machine: other work may run while a benchmark runs, so every comparison is measured
+side by side in one process (or one Ray session): the variants are *interleaved* (A B C, B C A, C A B, ...)
+and each figure is the median over repeats; ratios are taken between those medians. ``time.process_time``
+is recorded next to the wall clock for in-process variants (CPU seconds of this process, which waiting for a
+CPU does not inflate).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = str(Path(os.environ.get("MID_DATA_ROOT") or (REPO.parent / "shared" / "data")))
+
+os.environ.setdefault("MID_DATA_ROOT", DATA_ROOT)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private, in-process clusters only (as the test suite)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+ATTACKS = ["PGD_N", "PGD_T", "MIM_N", "MIM_T"]
+TARGETED = {"PGD_T", "MIM_T"}
+
+
+# ------------------------------------------------------------------------------------------ CLI / output
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds to a minute): the smoke-test size")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def banner(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Print and return where and how the benchmark runs (machine, load average at start)."""
+    info = machine()
+    info["benchmark"] = name
+    info["argv"] = " ".join(["python", "-m", f"bench.{name}", *sys.argv[1:]])
+    info["quick"] = bool(getattr(args, "quick", False))
+    print(f"== bench.{name} ({'quick' if info['quick'] else 'full'}) on {info['cpus']} CPUs, "
+          f"{info['mem_gib']} GiB, load average at start {info['loadavg_start']}", flush=True)
+    return info
+
+
+def machine() -> dict[str, Any]:
+    mem_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except OSError:
+        pass
+    import torch
+
+    return {"cpus": os.cpu_count(), "mem_gib": round(mem_kib / 2**20, 1), "python": platform.python_version(),
+            "torch": torch.__version__, "gpu": bool(torch.cuda.is_available()),
+            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def goal(value: float | None, op: str, target: float) -> dict[str, Any]:
+    """``{"goal": "<= 20", "met": bool}`` for a measured value."""
+    if value is None:
+        return {"goal": f"{op} {target}", "met": None}
+    met = value <= target if op == "<=" else value >= target
+    return {"goal": f"{op} {target}", "met": bool(met)}
+
+
+def emit(payload: Mapping[str, Any]) -> None:
+    """Print the one-line JSON result; it must be the last line the benchmark prints."""
+    payload = dict(payload)
+    payload["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    print(json.dumps(_jsonable(payload), sort_keys=False), flush=True)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float):
+        return round(x, 6) if x == x and abs(x) != float("inf") else None
+    if hasattr(x, "item"):
+        return _jsonable(x.item())
+    return x
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def median(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def interleave(variants: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1,
+               on_round: Callable[[int], None] | None = None) -> dict[str, dict[str, list[float]]]:
+    """Run every variant ``rounds`` times, interleaved with a rotating order; returns wall / cpu seconds.
+
+    ``warmup`` untimed rounds first. Round r runs the variants starting at index r (A B C, B C A, ...), so no
+    variant always runs right after another one.
+    """
+    names = list(variants)
+    for _ in range(warmup):
+        for n in names:
+            variants[n]()
+    out = {n: {"wall": [], "cpu": []} for n in names}
+    for r in range(rounds):
+        if on_round:
+            on_round(r)
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            c0, t0 = time.process_time(), time.perf_counter()
+            variants[n]()
+            out[n]["wall"].append(time.perf_counter() - t0)
+            out[n]["cpu"].append(time.process_time() - c0)
+    return out
+
+
+def med(timings: Mapping[str, Mapping[str, list[float]]], key: str = "wall") -> dict[str, float]:
+    return {n: median(t[key]) for n, t in timings.items()}
+
+
+# ------------------------------------------------------------------------------------------ CPU levers
+
+
+def malloc_keep_heap() -> bool:
+    """glibc: never mmap large blocks and never trim the heap (= ``MALLOC_MMAP_MAX_=0
+    MALLOC_TRIM_THRESHOLD_=<huge>``), so the meta step's large activations reuse already-faulted pages
+    instead of being mmap'd, zero-faulted and unmapped on every allocation. Process-wide; returns success."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 1 << 40))  # M_MMAP_MAX, M_TRIM_THRESHOLD
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+
+def _status(pid: int | str = "self") -> dict[str, int]:
+    """Fields of /proc/<pid>/status in KiB (VmRSS, VmHWM, RssAnon, RssShmem, ...)."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            parts = v.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[k] = int(parts[0])
+    except OSError:
+        pass
+    return out
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    return _status(pid).get("VmRSS", 0) / 1024
+
+
+def peak_rss_mib(pid: int | str = "self") -> float:
+    """VmHWM: the process's peak resident set since start (or the last ``reset_peak_rss``)."""
+    return _status(pid).get("VmHWM", 0) / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def children_peak_rss_mib() -> float:
+    """Largest peak RSS of any waited-for child process (``getrusage(RUSAGE_CHILDREN)``)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def descendants(root: int) -> list[int]:
+    """PIDs of every process below ``root`` (Ray's raylet, workers and actors are below the driver)."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                parent[int(d.name)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class RssSampler:
+    """Samples, every ``interval`` s, this process's RSS and every descendant's (Ray workers included).
+
+    Records: ``driver_peak_mib`` (max VmRSS of this process), ``driver_anon_peak_mib`` (max RssAnon: private
+    memory, excluding shared object-store pages), ``worker_peak_mib`` / ``worker_anon_peak_mib`` (largest single
+    descendant and its command), ``tree_anon_peak_mib`` (max over samples of the summed RssAnon of the whole
+    tree; summing VmRSS would count shared memory several times).
+    """
+
+    def __init__(self, interval: float = 0.2, watch: Callable[[str], bool] | None = None) -> None:
+        self.interval = interval
+        self.watch = watch
+        self.driver_peak = self.driver_anon_peak = 0.0
+        self.worker_peak = self.worker_anon_peak = self.tree_anon_peak = 0.0
+        self.worker_cmd = ""
+        self.samples = 0
+        self.seen: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        me = _status()
+        self.driver_peak = max(self.driver_peak, me.get("VmRSS", 0) / 1024)
+        anon_sum = me.get("RssAnon", 0) / 1024
+        self.driver_anon_peak = max(self.driver_anon_peak, me.get("RssAnon", 0) / 1024)
+        for pid in descendants(os.getpid()):
+            st = _status(pid)
+            if not st:
+                continue
+            rss, anon = st.get("VmRSS", 0) / 1024, st.get("RssAnon", 0) / 1024
+            anon_sum += anon
+            if anon > self.worker_anon_peak or pid not in self.seen:
+                self.seen[pid] = _cmdline(pid)[:120]  # Ray renames its workers (ray::...) after start
+            if self.watch and not self.watch(self.seen[pid]):
+                continue
+            if anon > self.worker_anon_peak:
+                self.worker_anon_peak, self.worker_cmd = anon, self.seen[pid]
+            self.worker_peak = max(self.worker_peak, rss)
+        self.tree_anon_peak = max(self.tree_anon_peak, anon_sum)
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def result(self) -> dict[str, Any]:
+        return {"driver_peak_mib": round(self.driver_peak, 1), "driver_anon_peak_mib": round(self.driver_anon_peak, 1),
+                "worker_peak_mib": round(self.worker_peak, 1), "worker_anon_peak_mib": round(self.worker_anon_peak, 1),
+                "worker_peak_cmd": self.worker_cmd, "tree_anon_peak_mib": round(self.tree_anon_peak, 1),
+                "samples": self.samples}
+
+
+def dir_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk of every file under ``path`` (file sizes; Zarr chunk files are not sparse)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+# ------------------------------------------------------------------------------------------ data, models
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist(split: str) -> Any:
+    from mid_core.datasets import load_dataset
+
+    return load_dataset("mnist", split, DATA_ROOT)
+
+
+def load_mnist_u8(n: int, split: str = "train") -> tuple[Any, Any]:
+    """The first ``n`` MNIST images as uint8 ``(n, 1, 28, 28)`` and labels int64 ``(n,)``."""
+    import torch
+
+    data = _mnist(split).subset(n)
+    return torch.round(data.images * 255).to(torch.uint8), data.labels.clone()
+
+
+def synthetic_views_u8(clean_u8: Any, attacks: list[str], eps: float = 0.3, seed: int = 0) -> dict[str, Any]:
+    """Per attack a stand-in view: clean + eps * random sign noise, quantised inside the eps ball (uint8).
+
+    The meta step's cost does not depend on the view content, only on its shape.
+    """
+    import torch
+
+    from mid_core.quantize import from_uint8, quantize_adversarial
+
+    g = torch.Generator().manual_seed(seed)
+    x = from_uint8(clean_u8)
+    out = {}
+    for name in attacks:
+        noise = torch.randint(0, 2, x.shape, generator=g).float().mul_(2).sub_(1)
+        out[name] = quantize_adversarial((x + eps * noise).clamp_(0, 1), clean_u8, eps)
+    return out
+
+
+def write_store(path: str | os.PathLike, clean_u8: Any, labels: Any, views_u8: Mapping[str, Any],
+                block_size: int = 256, seed: int = 0, eps: float = 0.3, success: Mapping[str, Any] | None = None,
+                targets: Mapping[str, Any] | None = None) -> Any:
+    """Write index-aligned rows into a finished adversarial store (the real layout and codecs).
+
+    ``views_u8``: attack name -> uint8 (N, C, H, W); targeted attacks get random targets unless given;
+    ``success``: attack name -> bool (N,) per-row success (zeros when None).
+    """
+    import numpy as np
+
+    from mid_core.attacks import default_spec
+    from storage_schemas import create_store
+
+    n = int(labels.shape[0])
+    specs = {a: default_spec(a, eps=eps).to_dict() for a in views_u8}
+    store = create_store(path, dataset="mnist", split="train", num_rows=n, image_shape=tuple(clean_u8.shape[1:]),
+                         attacks=specs, source_fingerprint="bench-" + "0" * 58, source_arch="bench", seed=seed,
+                         block_size=block_size, extra_attrs={"role": "bench"}, overwrite=True)
+    rng = np.random.default_rng(seed)
+    labels_np = labels.numpy().astype(np.int64)
+    tgt_all = {}
+    for a in views_u8:
+        if specs[a]["targeted"]:
+            tgt_all[a] = (targets[a].numpy().astype(np.int64) if targets and a in targets
+                          else (labels_np + rng.integers(1, 10, n)) % 10)
+    clean_np = clean_u8.numpy()
+    views_np = {a: v.numpy() for a, v in views_u8.items()}
+    for b in range(store.num_blocks):
+        s, e = store.block_range(b)
+        counts = {a: int(success[a][s:e].sum()) if success else 0 for a in views_u8}
+        store.write_block(b, clean=np.ascontiguousarray(clean_np[s:e]), labels=labels_np[s:e],
+                          adversarial={a: np.ascontiguousarray(v[s:e]) for a, v in views_np.items()},
+                          targets={a: t[s:e] for a, t in tgt_all.items()}, success_counts=counts)
+    store.finalize()
+    return store
+
+
+def train_teacher_quick(out_dir: str | os.PathLike, backbone: str = "lenet5_classic", n: int = 4000,
+                        epochs: int = 2, seed: int = 0, batch_size: int = 128) -> tuple[Path, float]:
+    """Train a Teacher on the first ``n`` MNIST images and save it as ``<out_dir>/models/teacher.pt``.
+
+    Returns the checkpoint path and its clean accuracy on the first 1000 MNIST test images.
+    """
+    import torch
+
+    from mid_core.checkpoint import save_checkpoint
+    from mid_core.evaluation import accuracy
+    from mid_core.models import StandardClassifier, Teacher
+    from mid_core.training import shuffled_batches, teacher_epoch
+
+    torch.manual_seed(seed)
+    train = _mnist("train").subset(n)
+    test = _mnist("test").subset(1000)
+    teacher = Teacher.from_backbone(backbone)
+    opt = torch.optim.Adam(teacher.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        teacher_epoch(teacher, shuffled_batches(train.images, train.labels, batch_size, gen), opt)
+    acc = accuracy(StandardClassifier(teacher.encoder, teacher.classifier), test.images, test.labels)
+    path = Path(out_dir) / "models" / "teacher.pt"
+    save_checkpoint(path, teacher, kind="teacher", backbone=backbone, metrics={"test_accuracy_1000": acc})
+    return path, acc
+
+
+def bench_config(output_dir: str | os.PathLike, *, backbone: str = "lenet5_classic", rows: int = 512,
+                 steps: int | None = None, step_size: float | None = None, block_size: int = 256,
+                 num_actors: int = 1, actor_cpus: float = 0.5, torch_threads: int = 1, batch_size: int = 256,
+                 attacks: list[str] | None = None, name: str = "bench") -> Any:
+    """A validated ``ExperimentConfig`` for MNIST pool generation into ``output_dir``."""
+    from pipeline.config import config_from_dict
+
+    return config_from_dict({
+        "name": name, "seed": 0, "output_dir": str(output_dir),
+        "data": {"dataset": "mnist", "root": DATA_ROOT, "train_limit": rows},
+        "model": {"backbone": backbone},
+        "pool": {"attacks": list(attacks or ATTACKS), "steps": steps, "step_size": step_size, "block_size": block_size,
+                 "num_actors": num_actors, "actor_cpus": actor_cpus, "torch_threads": torch_threads,
+                 "batch_size": batch_size},
+        "evaluation": {"protocols": ["whitebox"], "attacks": ["PGD_N"]},
+    })
+
+
+# ------------------------------------------------------------------------------------------ Ray
+
+
+def start_ray(num_cpus: int = 4, object_store_memory: int | None = None, default_niceness: bool = False) -> float:
+    """A private local Ray (no dashboard); returns its start-up seconds.
+
+    Ray starts its worker processes at niceness 15. On a machine shared with other work that makes every
+    Ray-side variant lose CPU to everything else while the driver-side baseline (niceness 0) does not, so
+    the benchmarks start workers at the driver's niceness (``RAY_worker_niceness=0``) unless
+    ``default_niceness``.
+    """
+    import ray
+
+    if not default_niceness:
+        os.environ["RAY_worker_niceness"] = "0"
+    os.environ.pop("RAY_ADDRESS", None)
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = {"address": "local", "num_cpus": num_cpus, "include_dashboard": False,
+                              "log_to_driver": True, "ignore_reinit_error": True}
+    if object_store_memory:
+        kwargs["object_store_memory"] = int(object_store_memory)
+    ray.init(**kwargs)
+    quiet_ray_data()
+    return time.perf_counter() - t0
+
+
+def quiet_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    try:
+        ctx.print_on_execution_start = False
+    except AttributeError:
+        pass
+
+
+def ray_worker_env_note(default_niceness: bool) -> str:
+    return "Ray workers at niceness 15 (Ray default)" if default_niceness else \
+        "Ray workers at niceness 0 like the driver (RAY_worker_niceness=0; Ray's default is 15)"
