@@ -280,6 +280,74 @@ class RssSampler:
                 "samples": self.samples}
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """utime + stime of a process so far (from /proc/<pid>/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+class CpuTracker:
+    """Samples, every ``interval`` s, the cumulative CPU seconds of this process and of every descendant whose
+    command line contains ``match`` (e.g. Ray Data's ``MapWorker`` actors). ``between(t0, t1)`` then gives the CPU
+    seconds each side used in a wall-clock window (``time.perf_counter`` base), by linear interpolation."""
+
+    def __init__(self, match: str, interval: float = 0.5) -> None:
+        self.match, self.interval = match, interval
+        self.samples: list[tuple[float, float, dict[int, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._known: dict[int, bool] = {}
+
+    def _sample(self) -> None:
+        procs = {}
+        for pid in descendants(os.getpid()):
+            if pid not in self._known or not self._known[pid]:
+                self._known[pid] = self.match in _cmdline(pid)
+            if self._known[pid]:
+                c = cpu_seconds(pid)
+                if c == c:
+                    procs[pid] = c
+        self.samples.append((time.perf_counter(), cpu_seconds(), procs))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "CpuTracker":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _at(self, t: float) -> tuple[float, float]:
+        """(driver cpu, summed matched-process cpu) at time t, interpolated between the samples around t.
+
+        A process missing from one of the two samples (not started yet, or exited) counts with the value it has
+        in the other one."""
+        if not self.samples:
+            return float("nan"), float("nan")
+        after = next((i for i, s in enumerate(self.samples) if s[0] >= t), len(self.samples) - 1)
+        lo, hi = self.samples[max(after - 1, 0)], self.samples[after]
+        w = 0.0 if hi[0] == lo[0] else min(max((t - lo[0]) / (hi[0] - lo[0]), 0.0), 1.0)
+        driver = lo[1] + w * (hi[1] - lo[1])
+        matched = 0.0
+        for pid in set(lo[2]) | set(hi[2]):
+            a, b = lo[2].get(pid, hi[2].get(pid)), hi[2].get(pid, lo[2].get(pid))
+            matched += a + w * (b - a)
+        return driver, matched
+
+    def between(self, t0: float, t1: float) -> dict[str, float]:
+        d0, m0 = self._at(t0)
+        d1, m1 = self._at(t1)
+        return {"driver_cpu_seconds": d1 - d0, "matched_cpu_seconds": m1 - m0, "wall_seconds": t1 - t0}
+
+
 def dir_bytes(path: str | os.PathLike) -> int:
     """Bytes on disk of every file under ``path`` (file sizes; Zarr chunk files are not sparse)."""
     total = 0

@@ -32,13 +32,19 @@ def generate_with_ray(cfg: Any, path: Path) -> dict[str, Any]:
     from pipeline.generation import generate_store
 
     t0 = time.perf_counter()
-    generate_store(cfg, path, "train", cfg.pool.attacks, cfg.pool.eps, cfg.pool.steps, cfg.pool.step_size,
-                   cfg.data.train_limit, {"role": "bench"})
+    with C.CpuTracker("MapWorker", 0.5) as cpu:
+        generate_store(cfg, path, "train", cfg.pool.attacks, cfg.pool.eps, cfg.pool.steps, cfg.pool.step_size,
+                       cfg.data.train_limit, {"role": "bench"})
     wall = time.perf_counter() - t0
     done = block_completion_times(path)
     out = {"seconds": wall, "blocks": len(done), "first_block_done_after": done[0] - t0 if done else None}
     if len(done) >= 2:
         out["steady_blocks_per_second"] = (len(done) - 1) / (done[-1] - done[0])
+        # CPU seconds in the steady window: the actors' (per block) and the driver's (Ray Data executor, polling)
+        window = cpu.between(done[0], done[-1])
+        out["actor_cpu_seconds_per_block"] = window["matched_cpu_seconds"] / (len(done) - 1)
+        out["driver_cpu_share_steady"] = window["driver_cpu_seconds"] / window["wall_seconds"]
+        out["actor_cpu_share_steady"] = window["matched_cpu_seconds"] / window["wall_seconds"]
     # fixed cost (actor start-up, Ray Data planning, finalize) = wall - blocks / steady rate
     out["fixed_seconds"] = wall - len(done) / out["steady_blocks_per_second"] if len(done) >= 2 else None
     return out
@@ -82,9 +88,9 @@ class PlainLoop:
         adv = {a: np.zeros((n, *images.shape[1:]), dtype=np.uint8) for a in self.specs}
         targets = {a: np.full(n, -1, dtype=np.int64) for a, s in self.specs.items() if s.targeted}
         t0 = time.perf_counter()
-        block_seconds = []
+        block_seconds, block_cpu = [], []
         for block, start in enumerate(range(0, n, bs)):
-            tb = time.perf_counter()
+            tb, cb = time.perf_counter(), time.process_time()
             stop = min(start + bs, n)
             for index, (name, spec) in enumerate(self.specs.items()):
                 gen = torch.Generator().manual_seed(block_seed(self.cfg.seed, block, index))
@@ -96,10 +102,11 @@ class PlainLoop:
                     if out.targets is not None:
                         targets[name][i:j] = out.targets.numpy()
             block_seconds.append(time.perf_counter() - tb)
+            block_cpu.append(time.process_time() - cb)
         wall = time.perf_counter() - t0
         self.last = {"adv": adv, "targets": targets}
         return {"seconds": wall, "blocks": len(block_seconds), "median_block_seconds": C.median(block_seconds),
-                "steady_blocks_per_second": 1 / C.median(block_seconds)}
+                "steady_blocks_per_second": 1 / C.median(block_seconds), "cpu_seconds_per_block": C.median(block_cpu)}
 
 
 def store_equals_arrays(path: Path, adv: dict[str, np.ndarray], targets: dict[str, np.ndarray]) -> bool:

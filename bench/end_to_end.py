@@ -35,8 +35,8 @@ def run_stages(cfg: Any, stages: list[str] | None = None) -> dict[str, dict[str,
         with C.RssSampler(0.2) as sampler:
             funcs[name](cfg)
         seconds = time.perf_counter() - t0
-        res = {"seconds": seconds, "driver_rss_before_mib": rss_before,
-               "driver_peak_rss_mib": C.peak_rss_mib() if reset_ok else None, **sampler.result()}
+        res = {"seconds": seconds, "driver_rss_before_mib": round(rss_before, 1),
+               "driver_peak_rss_mib": round(C.peak_rss_mib(), 1) if reset_ok else None, **sampler.result()}
         out[name] = res
         print(f"[{name}] {seconds:.1f}s; driver peak RSS {res['driver_peak_rss_mib']} MiB (sampled "
               f"{res['driver_peak_mib']} MiB); largest worker/actor {res['worker_anon_peak_mib']} MiB private "

@@ -70,6 +70,13 @@ def main() -> None:
     # rows at which the run's fixed cost is amortised to the goal: n b_p / (F + n b_r) >= 0.9
     b_p, b_r = 1 / plain_steady, (1 / ray_steady if ray_steady == ray_steady else float("nan"))
     amortise_blocks = (0.9 * fixed / (b_p - 0.9 * b_r)) if (b_p - 0.9 * b_r) > 0 else None
+    actor_cpu = C.median(x["actor_cpu_seconds_per_block"] for x in results["ray"] if "actor_cpu_seconds_per_block" in x)
+    plain_cpu = C.median(x["cpu_seconds_per_block"] for x in results["plain"])
+    driver_share = C.median(x["driver_cpu_share_steady"] for x in results["ray"] if "driver_cpu_share_steady" in x)
+    actor_share = C.median(x["actor_cpu_share_steady"] for x in results["ray"] if "actor_cpu_share_steady" in x)
+    print(f"CPU seconds per block: actor {actor_cpu:.2f} vs plain loop {plain_cpu:.2f} ({actor_cpu / plain_cpu:.2f}x); in the "
+          f"steady window the actor got {actor_share:.2f} of a core and the driver used {driver_share:.2f} of a core",
+          flush=True)
     print(f"throughput incl. fixed cost: Ray {blocks / ray_wall:.3f} vs plain {blocks / plain_wall:.3f} blocks/s -> {incl:.2f}x; "
           f"steady state: Ray {ray_steady:.3f} vs plain {plain_steady:.3f} blocks/s -> {excl:.2f}x; fixed cost per run "
           f"{fixed:.1f}s (+ ray.init {ray_start:.1f}s once); amortised to 0.9x at "
@@ -83,6 +90,8 @@ def main() -> None:
         "ray_init_seconds": ray_start, "ray_seconds": ray_wall, "plain_seconds": plain_wall,
         "ray_steady_blocks_per_second": ray_steady, "plain_steady_blocks_per_second": plain_steady,
         "ray_fixed_seconds_per_run": fixed,
+        "actor_cpu_seconds_per_block": actor_cpu, "plain_cpu_seconds_per_block": plain_cpu,
+        "actor_cpu_share_steady": actor_share, "driver_cpu_share_steady": driver_share,
         "ratio_including_startup": incl, "ratio_steady_state": excl,
         "ratio": excl, "goal": C.goal(excl, ">=", 0.9), "goal_including_startup": C.goal(incl, ">=", 0.9),
         "amortised_at_blocks": amortise_blocks,

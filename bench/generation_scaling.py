@@ -113,6 +113,11 @@ def main() -> None:
                   f"to the single-node store: {mn['identical_to_single_node']}", flush=True)
     steady = {v: C.median(x["steady_blocks_per_second"] for x in rs if x.get("steady_blocks_per_second")) for v, rs in results.items()}
     wall = {v: C.median(x["seconds"] for x in rs) for v, rs in results.items()}
+    share = {v: C.median(x["actor_cpu_share_steady"] for x in rs if "actor_cpu_share_steady" in x) for v, rs in results.items()}
+    cpu_block = {v: C.median(x["actor_cpu_seconds_per_block"] for x in rs if "actor_cpu_seconds_per_block" in x)
+                 for v, rs in results.items()}
+    print(f"actors' CPU in the steady window: 1 actor {share['actors1']:.2f} cores ({cpu_block['actors1']:.2f} CPU s/block), "
+          f"2 actors {share['actors2']:.2f} cores ({cpu_block['actors2']:.2f} CPU s/block)", flush=True)
     speedup = steady["actors2"] / steady["actors1"]
     speedup_incl = wall["actors1"] / wall["actors2"]
     print(f"2 vs 1 actors: steady {steady['actors2']:.3f} vs {steady['actors1']:.3f} blocks/s -> {speedup:.2f}x; "
@@ -122,7 +127,8 @@ def main() -> None:
         "benchmark": "generation_scaling", "quick": args.quick, "machine": info, **teacher_info,
         "rows": rows, "blocks": results["actors1"][0]["blocks"], "attack_steps": steps, "rounds": rounds,
         "ray_worker_niceness": 15 if args.ray_default_niceness else 0, "ray_init_seconds": ray_start,
-        "steady_blocks_per_second": steady, "seconds": wall,
+        "steady_blocks_per_second": steady, "seconds": wall, "actor_cpu_share_steady": share,
+        "actor_cpu_seconds_per_block": cpu_block,
         "speedup_2_vs_1_actors": speedup, "speedup_2_vs_1_actors_including_startup": speedup_incl,
         "ratio": speedup, "goal": C.goal(speedup, ">=", 1.7),
         "goal_including_startup": C.goal(speedup_incl, ">=", 1.7),
