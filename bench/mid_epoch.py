@@ -374,7 +374,7 @@ def allocator_lever(backbone: str, seed: int, pairs: int, rounds: int) -> dict[s
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads for (a) and (b) (default 1: see the levers)")
-    p.add_argument("--malloc", choices=["keep", "default"], default="keep",
+    p.add_argument("--malloc", choices=["keep", "default"], default="default",
                    help="glibc malloc for (a)-(c): keep freed heap memory (default; see the allocator lever) or glibc default")
     p.add_argument("--backbones", default=None, help="comma-separated (default: lenet5_classic,lenet5; quick: lenet5_classic)")
     p.add_argument("--rows", type=int, default=None, help="images in the (a) epoch (default 10000; quick 1024)")

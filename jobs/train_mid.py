@@ -12,7 +12,7 @@ from pipeline.cli import main  # noqa: E402
 
 
 def _extra(p):
-    p.add_argument("--force", action="store_true", help="retrain even if models/mid.pt exists")
+    p.add_argument("--force", action="store_true", help="retrain even if models/<mid.variant>.pt exists (default variant: mid)")
 
 
 if __name__ == "__main__":

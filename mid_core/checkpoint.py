@@ -123,13 +123,15 @@ def load_classifier(path: str | os.PathLike) -> StandardClassifier:
 
 
 def load_robust_model(path: str | os.PathLike) -> nn.Module:
-    """MID's deployed model (student encoder then teacher head) from a checkpoint, in eval mode.
+    """A model of the zoo (``models/``) or of a run, ready to attack: MID's deployed model (student encoder then
+    teacher head), an AT / standard classifier, or an undefended teacher (E_t then C_t), in eval mode with frozen
+    parameters.
 
-    The module maps float images ``(N, C, H, W)`` in [0, 1] to logits ``(N, num_classes)``; gradients
-    flow end to end, so any attack code can evaluate it white-box. Loaded with ``weights_only=True``.
+    The module maps float images ``(N, C, H, W)`` in [0, 1] to logits ``(N, num_classes)``; gradients flow end to end
+    to the input, so any attack code can evaluate it white-box. Loaded with ``weights_only=True``; the checkpoint's
+    ``kind``, config and metrics are in ``read_checkpoint(path)``.
     """
-    payload = read_checkpoint(path)
-    if payload["kind"] != "deployed":
-        raise CheckpointError(f"{path} holds a {payload['kind']!r} model; load_robust_model expects a deployed MID model "
-                              "(use load_classifier for other kinds)")
-    return load_classifier(path)
+    model = load_classifier(path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
@@ -42,12 +43,16 @@ class MetaConfig:
     """Hyper-parameters of the meta step. Defaults follow the official MID code.
 
     ``use_meta=False`` is the Table 8 "no meta" ablation: one plain step on the sum over all domains.
+    ``distill=False`` is the Table 8 "no DST" ablation: the student is a whole classifier (images -> logits, e.g.
+    ``StandardClassifier``) trained with cross-entropy on every view (weight ``lc``); there are no teacher
+    features, so ``ac`` and ``cc`` must be 0. ``use_meta=False, distill=False`` is ERM on the pool.
     """
 
     inner_lr: float = 1e-3  # α
     meta_test_weight: float = 1.0  # β
     first_order: bool = False
     use_meta: bool = True
+    distill: bool = True
     temperature: float = 1.0
     train_weights: LossWeights = field(default_factory=LossWeights)
     test_weights: LossWeights = field(default_factory=lambda: LossWeights(1.0, 1.0, 1.0))
@@ -77,18 +82,23 @@ def _domain_losses(
     labels: torch.Tensor,
     weights: LossWeights,
     temperature: float,
+    distill: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Σ_a L(θ, a) over the given views, all in one forward pass.
 
     ``views``: k tensors ``(N, C, H, W)``; ``teacher_log_p``: ``(N, ...)`` detached clean teacher
     log-probabilities. Returns the summed loss and the per-term sums (AC, CC, LC) for logging.
+    Without distillation the student outputs logits and the loss is their cross-entropy (LC only).
     """
     k = len(views)
     batch = torch.cat(views, dim=0)
     z = functional_call(student, {**params, **buffers}, (batch,))
-    target = teacher_log_p.repeat(k, *([1] * (teacher_log_p.dim() - 1)))
     y = labels.repeat(k)
     zero = z.new_zeros(())
+    if not distill:
+        lc = F.cross_entropy(z, y, reduction="sum") / labels.shape[0]
+        return weights.lc * lc, {"ac": zero, "cc": zero, "lc": lc.detach()}
+    target = teacher_log_p.repeat(k, *([1] * (teacher_log_p.dim() - 1)))
     ac = adversarial_consistency(target, z, temperature).sum() / labels.shape[0] if weights.ac else zero
     cc = (
         cyclic_consistency(target, z, teacher.encoder, teacher.decoder, temperature).sum() / labels.shape[0]
@@ -111,7 +121,7 @@ def meta_step(
     """Compute MID's update gradients for one batch; does not touch ``.grad`` or the optimizer.
 
     Args:
-        student: the student encoder E_s (trainable).
+        student: the student encoder E_s (trainable); with ``config.distill=False`` a whole classifier.
         teacher: the frozen teacher (E_t, C_t, D_t); call ``teacher.freeze()`` first.
         views: domain name -> images ``(N, C, H, W)`` in [0, 1], index-aligned; must contain ``"benign"``
             (the clean images, used for the teacher's target features).
@@ -126,6 +136,9 @@ def meta_step(
         raise ValueError(f"views must include the clean images under {BENIGN!r}; got {sorted(views)}")
     if any(p.requires_grad for p in teacher.parameters()):
         raise ValueError("the teacher must be frozen (call teacher.freeze()) before the meta step")
+    used = [config.train_weights] + ([config.test_weights] if config.use_meta else [])
+    if not config.distill and any(w.ac or w.cc for w in used):
+        raise ValueError("without distillation there are no teacher features: set the ac and cc weights to 0")
     names = [n for n, p in student.named_parameters() if p.requires_grad]
     params = {n: p for n, p in student.named_parameters() if p.requires_grad}
     module_buffers = dict(student.named_buffers())
@@ -149,7 +162,7 @@ def meta_step(
     train_buffers = buffers_copy()
     l_train, terms = _domain_losses(
         student, params, train_buffers, teacher, teacher_log_p,
-        [views[d] for d in train_domains], labels, config.train_weights, config.temperature,
+        [views[d] for d in train_domains], labels, config.train_weights, config.temperature, config.distill,
     )
     metrics = {"loss_train": float(l_train.detach()), **{f"{k}_train": float(v) for k, v in terms.items()}}
 
@@ -168,13 +181,17 @@ def meta_step(
 
     l_test, test_terms = _domain_losses(
         student, fast, buffers_copy(), teacher, teacher_log_p,
-        [views[held_out]], labels, config.test_weights, config.temperature,
+        [views[held_out]], labels, config.test_weights, config.temperature, config.distill,
     )
     metrics.update({"loss_test": float(l_test.detach()), **{f"{k}_test": float(v) for k, v in test_terms.items()}})
 
     if second_order:
-        total = l_train + config.meta_test_weight * l_test
-        grads = torch.autograd.grad(total, [params[n] for n in names])
+        # ∇θ [L_train + β L_test(θ')] = ∇θ L_train + β ∇θ L_test(θ'): reuse the meta-train gradient already
+        # computed (instead of backpropagating L_train a second time) and backpropagate L_test alone, through θ'
+        # and the create_graph inner gradient (the Hessian-vector term).
+        test_grads = torch.autograd.grad(l_test, [params[n] for n in names], allow_unused=True)
+        grads = tuple(g.detach() + (config.meta_test_weight * tg if tg is not None else 0.0)
+                      for g, tg in zip(inner_grads, test_grads))
     else:
         # First order: ∇θ' L_test treated as ∇θ L_test; reuse the meta-train gradient (no second backward).
         test_grads = torch.autograd.grad(l_test, [fast[n] for n in names])

@@ -191,3 +191,17 @@ def student_from_teacher(teacher: Teacher, init: str = "teacher") -> nn.Module:
         p.requires_grad_(True)
     student.train()
     return student
+
+
+def classifier_student_from_teacher(teacher: Teacher, init: str = "teacher") -> StandardClassifier:
+    """A whole trainable classifier (E then C) of the teacher's architecture, for training without distillation
+    (Table 8 "no DST" rows, ERM): copies of E_t and C_t, or a fresh random init of both."""
+    encoder = student_from_teacher(teacher, init)
+    head = copy.deepcopy(teacher.classifier)
+    if init == "random":
+        for m in head.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    for p in head.parameters():
+        p.requires_grad_(True)
+    return StandardClassifier(encoder, head).train()

@@ -5,7 +5,7 @@ so the same functions run inside a Ray Train worker, a notebook or the GPU scrip
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -57,11 +57,20 @@ def classifier_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
+    attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    attacked_model: nn.Module | None = None,
 ) -> dict[str, float]:
-    """One epoch of cross-entropy training of an images -> logits model."""
-    model.train()
+    """One epoch of cross-entropy training of an images -> logits model.
+
+    With ``attack``, each clean batch is first replaced by ``attack(attacked_model or model, images, labels)``
+    (the images to train on, same shape) before the step: see ``adversarial_epoch``.
+    """
+    target = attacked_model if attacked_model is not None else model
     loss_sum, correct, count = 0.0, 0.0, 0
     for images, labels in batches:
+        if attack is not None:
+            images = attack(target, images, labels).detach()
+        model.train()
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -72,6 +81,23 @@ def classifier_epoch(
         count += labels.shape[0]
     count = max(count, 1)
     return {"ce": loss_sum / count, "train_accuracy": correct / count}
+
+
+def adversarial_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    attacked_model: nn.Module | None = None,
+) -> dict[str, float]:
+    """One epoch of Madry et al. adversarial training: each clean batch is replaced by ``attack(model, x, y)``
+    (e.g. PGD with a random start against the current weights) and the model takes a cross-entropy step on it.
+
+    ``attacked_model`` is the unwrapped module the attack differentiates (``model`` may be DDP-wrapped; the
+    attack must not go through DDP's gradient hooks). Returns mean CE and accuracy on the adversarial batches.
+    """
+    metrics = classifier_epoch(model, batches, optimizer, attack, attacked_model)
+    return {"adv_ce": metrics["ce"], "adv_train_accuracy": metrics["train_accuracy"]}
 
 
 def shuffled_batches(

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, get_type_hints
@@ -25,6 +26,10 @@ from mid_core.models import BACKBONES
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and how to fix it."""
+
+
+BASE_MODELS = frozenset({"teacher", "substitute", "standard", "at"})  # models trained by the teacher stage
+VARIANT_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 
 
 @dataclass
@@ -51,6 +56,7 @@ class TeacherConfig:
     standard_seed_offset: int = 2000  # the separate standard classifier (pool.source: standard)
     num_workers: int = 1
     worker_cpus: float = 0.5
+    use_gpu: bool = False  # one GPU per Ray Train worker, NCCL backend
 
 
 @dataclass
@@ -63,6 +69,7 @@ class PoolConfig:
     block_size: int = 256  # rows per Zarr chunk == per generation task
     num_actors: int = 1
     actor_cpus: float = 0.5
+    actor_gpus: float = 0.0  # GPUs per generation actor (fractions share one GPU); 0 = CPU
     batch_size: int = 256  # attack batch inside an actor
     torch_threads: int = 0  # threads per actor; 0 = auto (machine cores / actors)
     refresh_every: int = 0  # regenerate the pool against the current deployed model every K MID epochs (0 = static)
@@ -86,16 +93,34 @@ class MidConfig:
     use_meta: bool = True  # Table 8 ablation: meta on/off
     use_ac: bool = True  # Table 8 ablation: distillation (AC) on/off
     use_cc: bool = True  # Table 8 ablation: cyclic consistency on/off
+    use_distillation: bool = True  # Table 8 "DST": student encoder + frozen teacher head; off = a full classifier trained with CE
+    variant: str = "mid"  # name of this MID model: models/<variant>.pt, MLflow run <name>/<variant>, an evaluation row
+    attacks: list[str] | None = None  # train on this subset of the pool's attacks (Table 10 leave-one-out); None = all
     temperature: float = 1.0
     train_weights: LossWeightsConfig = field(default_factory=LossWeightsConfig)
     test_weights: LossWeightsConfig = field(default_factory=lambda: LossWeightsConfig(1.0, 1.0, 1.0))
     student_init: str = "teacher"  # teacher | random
     num_workers: int = 1
     worker_cpus: float = 0.5
+    use_gpu: bool = False  # one GPU per Ray Train worker; gradients all-reduced with NCCL
     torch_threads: int = 0  # threads per worker; 0 = auto (machine cores / workers)
     shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer
     log_every: int = 10  # steps between MLflow metric logs
     verify_sync: bool = False  # all-gather a parameter checksum after every step (tests / debugging)
+
+
+@dataclass
+class AdversarialTrainingConfig:
+    """Madry et al. PGD adversarial training of a standard classifier (the AT baseline; trained when the
+    evaluation lists the ``at`` model). Each batch is replaced by PGD examples against the current model."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    eps: float = 0.3
+    steps: int = 40
+    step_size: float = 0.01
+    seed_offset: int = 3000
 
 
 @dataclass
@@ -110,7 +135,13 @@ class EvaluationConfig:
     limit: int | None = None  # first N test images (None: the full test set)
     slow_attack_limit: int = 1000  # CW and JSMA run on the first N test images only (labelled)
     batch_size: int = 256
-    models: list[str] = field(default_factory=lambda: ["teacher", "mid"])  # rows: teacher (undefended) and MID
+    # rows: teacher (undefended), standard, substitute, at (Madry AT) or any MID variant name (mid.variant)
+    models: list[str] = field(default_factory=lambda: ["teacher", "mid"])
+    # white-box verdict (whitebox protocol): PGD with random restarts, and each model's per-sample worst case over
+    # every L-inf attack of the row (AutoAttack included) on the first `limit` images; 0 restarts = off
+    verdict_pgd_restarts: int = 0
+    verdict_pgd_steps: int = 100
+    verdict_pgd_step_size: float = 0.01
 
 
 @dataclass
@@ -129,6 +160,7 @@ class ExperimentConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     mid: MidConfig = field(default_factory=MidConfig)
+    at: AdversarialTrainingConfig = field(default_factory=AdversarialTrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -243,8 +275,14 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
         ("evaluation.batch_size", cfg.evaluation.batch_size), ("data.train_limit", cfg.data.train_limit),
     ]:
         _check_positive(value, path)
+    if cfg.evaluation.verdict_pgd_restarts < 0:
+        raise ConfigError(f"evaluation.verdict_pgd_restarts must be >= 0 (0 = no verdict), got {cfg.evaluation.verdict_pgd_restarts}")
+    _check_positive(cfg.evaluation.verdict_pgd_steps, "evaluation.verdict_pgd_steps")
+    _check_positive(cfg.evaluation.verdict_pgd_step_size, "evaluation.verdict_pgd_step_size")
     if cfg.pool.refresh_every < 0:
         raise ConfigError(f"pool.refresh_every must be >= 0 (0 = static pool), got {cfg.pool.refresh_every}")
+    if cfg.pool.actor_gpus < 0:
+        raise ConfigError(f"pool.actor_gpus must be >= 0 (0 = CPU actors), got {cfg.pool.actor_gpus}")
     if cfg.pool.torch_threads < 0 or cfg.mid.torch_threads < 0:
         raise ConfigError("pool.torch_threads and mid.torch_threads must be >= 0 (0 = automatic)")
     if cfg.mid.meta_test_weight < 0 or cfg.teacher.recon_weight < 0:
@@ -263,9 +301,26 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
     unknown = set(cfg.evaluation.protocols) - {"paper", "whitebox", "transfer"}
     if unknown or not cfg.evaluation.protocols:
         raise ConfigError(f"evaluation.protocols must be a non-empty subset of ['paper', 'whitebox', 'transfer'], got {cfg.evaluation.protocols}")
-    bad_models = set(cfg.evaluation.models) - {"teacher", "mid", "standard", "substitute"}
+    if not VARIANT_NAME.fullmatch(cfg.mid.variant) or cfg.mid.variant in BASE_MODELS:
+        raise ConfigError(f"mid.variant must be lower-case letters, digits, '_' or '-' (starting with a letter) and not one "
+                          f"of {sorted(BASE_MODELS)}, got {cfg.mid.variant!r}")
+    if not cfg.mid.use_distillation and (cfg.mid.use_ac or cfg.mid.use_cc):
+        raise ConfigError("mid.use_distillation: false trains a plain classifier with cross-entropy, which has no teacher "
+                          "features for AC/CC; also set mid.use_ac: false and mid.use_cc: false")
+    if cfg.mid.attacks is not None:
+        missing = [a for a in cfg.mid.attacks if a not in cfg.pool.attacks]
+        if missing or not cfg.mid.attacks:
+            raise ConfigError(f"mid.attacks must be a non-empty subset of pool.attacks {cfg.pool.attacks}; "
+                              f"{missing or 'empty list'} is not")
+    for path, value in (("at.epochs", cfg.at.epochs), ("at.batch_size", cfg.at.batch_size), ("at.lr", cfg.at.lr),
+                        ("at.steps", cfg.at.steps), ("at.step_size", cfg.at.step_size)):
+        _check_positive(value, path)
+    if not 0 < cfg.at.eps <= 1:
+        raise ConfigError(f"at.eps must be in (0, 1], got {cfg.at.eps}")
+    bad_models = [m for m in cfg.evaluation.models if m not in BASE_MODELS and not VARIANT_NAME.fullmatch(m)]
     if bad_models or not cfg.evaluation.models:
-        raise ConfigError(f"evaluation.models must be a non-empty subset of ['teacher', 'mid', 'standard', 'substitute'], got {cfg.evaluation.models}")
+        raise ConfigError(f"evaluation.models must list models from {sorted(BASE_MODELS)} or MID variant names "
+                          f"(mid.variant, e.g. 'mid'), got {cfg.evaluation.models}")
     if check_data:
         try:
             if not cfg.data.download:
@@ -280,13 +335,35 @@ def config_from_dict(raw: Mapping[str, Any], check_data: bool = True) -> Experim
     return validate(_build(ExperimentConfig, raw, ""), check_data=check_data)
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None, check_data: bool = True) -> ExperimentConfig:
-    """Load a YAML config, apply ``key.sub=value`` overrides (values parsed as YAML), and validate."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"config file {p} does not exist; see configs/ for examples")
-    with p.open() as fh:
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Parse one config file; a top-level ``base: other.yaml`` (relative to this file) is loaded first and this
+    file's keys are merged over it, so an ablation config states only what it changes."""
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+    if path.resolve() in chain:
+        raise ConfigError(f"config {path} includes itself through 'base:' ({' -> '.join(str(c) for c in chain)})")
+    with path.open() as fh:
         raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be the path of another config file, got {base!r}")
+    return _deep_merge(_read_yaml(path.parent / base, (*chain, path.resolve())), raw)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None, check_data: bool = True) -> ExperimentConfig:
+    """Load a YAML config (following ``base:``), apply ``key.sub=value`` overrides (values parsed as YAML), validate."""
+    raw = _read_yaml(Path(path))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")

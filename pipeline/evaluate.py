@@ -25,7 +25,16 @@ from pipeline.generation import SLOW_KINDS, attack_specs
 from pipeline.paths import ExperimentPaths
 from pipeline.ray_runtime import auto_threads
 
-MODEL_ROLES = {"teacher": "teacher", "mid": "mid", "standard": "standard", "substitute": "substitute"}
+
+def model_checkpoint(paths: ExperimentPaths, role: str) -> Path:
+    """The checkpoint of an evaluation row: teacher | standard | substitute | at | a MID variant name."""
+    path = paths.model(role)
+    if not path.exists():
+        how = ("jobs/train_teacher.py (it trains teacher, substitute, standard and at as the config needs)"
+               if role in ("teacher", "standard", "substitute", "at") else
+               f"jobs/train_mid.py with mid.variant: {role}")
+        raise FileNotFoundError(f"evaluation.models lists {role!r} but {path} does not exist; train it with {how}")
+    return path
 
 
 def _is_slow(name: str) -> bool:
@@ -49,7 +58,7 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     paths = ExperimentPaths.of(cfg)
     test = load_dataset(cfg.data.dataset, "test", cfg.data.root, cfg.data.download)
     specs = attack_specs(cfg.evaluation.attacks, cfg.evaluation.eps, cfg.evaluation.steps, cfg.evaluation.step_size)
-    models = {role: load_classifier(paths.model(MODEL_ROLES[role])) for role in cfg.evaluation.models}
+    models = {role: load_classifier(model_checkpoint(paths, role)) for role in cfg.evaluation.models}
     for m in models.values():
         for p in m.parameters():
             p.requires_grad_(False)
@@ -98,7 +107,11 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
                 clean_accuracy=values["benign"], robust={k: v for k, v in values.items() if k != "benign"},
                 clean_images=x_all, adversarial=bounded, specs=specs, model=model, images=x_all, labels=y_all,
                 masking_eps=cfg.evaluation.eps, more_steps_specs=pgd[:1], seed=cfg.seed)
-            row("whitebox", role, values, {"sanity_warnings": problems})
+            extra: dict[str, Any] = {"sanity_warnings": problems}
+            if cfg.evaluation.verdict_pgd_restarts:
+                extra["verdict"] = whitebox_verdict(cfg, model, x_all, y_all, values, bounded)
+                print(f"[evaluate] verdict {role}: {extra['verdict']}", flush=True)
+            row("whitebox", role, values, extra)
 
     if "transfer" in cfg.evaluation.protocols:
         substitute = load_classifier(paths.model("substitute"))
@@ -120,6 +133,29 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def whitebox_verdict(cfg: ExperimentConfig, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     values: dict[str, float], bounded: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """PGD-``verdict_pgd_steps`` with ``verdict_pgd_restarts`` random restarts against ``model``, then the per-sample
+    worst case: an image counts as robust only if no L-inf attack of the row (``bounded``: name -> adversarial
+    images ``(N, C, H, W)`` for all of ``images``, AutoAttack included) nor the restarted PGD fooled the model."""
+    from mid_core.attacks import default_spec
+    from mid_core.evaluation import evaluate_attack, predict
+
+    ev = cfg.evaluation
+    spec = default_spec("PGD_N", eps=ev.eps, steps=ev.verdict_pgd_steps, step_size=ev.verdict_pgd_step_size,
+                        rand_init=True, restarts=ev.verdict_pgd_restarts)
+    t0 = time.perf_counter()
+    result, adv = evaluate_attack(spec, model, images, labels, batch_size=ev.batch_size, seed=cfg.seed + 77_777)
+    robust = predict(model, images, ev.batch_size) == labels
+    for name, x_adv in {**bounded, "pgd_restarts": adv}.items():
+        robust &= predict(model, x_adv, ev.batch_size) == labels
+    return {"clean": values["benign"], "autoattack": values.get("AA_N"), "pgd_restarts": result.accuracy,
+            "pgd_steps": ev.verdict_pgd_steps, "pgd_step_size": ev.verdict_pgd_step_size,
+            "restarts": ev.verdict_pgd_restarts, "per_sample_worst_case": float(robust.float().mean()),
+            "worst_case_over": sorted([*bounded, f"PGD-{ev.verdict_pgd_steps}x{ev.verdict_pgd_restarts}"]),
+            "images": int(labels.shape[0]), "seconds": time.perf_counter() - t0}
+
+
 def column_names(cfg: ExperimentConfig, n_test: int) -> list[str]:
     cols = ["benign", *cfg.evaluation.attacks, "average", "worst_case"]
     return cols
@@ -137,6 +173,17 @@ def write_tables(cfg: ExperimentConfig, rows: list[dict[str, Any]], out_dir: Pat
           "| protocol | model | " + " | ".join(header) + " |", "|" + "---|" * (len(cols) + 2)]
     for r in rows:
         md.append(f"| {r['protocol']} | {r['model']} | " + " | ".join(f"{100 * r[c]:.2f}" for c in cols) + " |")
+    verdicts = [r for r in rows if r.get("verdict")]
+    if verdicts:
+        v0 = verdicts[0]["verdict"]
+        md += ["", f"White-box verdict on {v0['images']} images (accuracy %): AutoAttack, PGD-{v0['pgd_steps']} "
+               f"(step {v0['pgd_step_size']}) with {v0['restarts']} random restarts, and the per-sample worst case over "
+               "every L-inf attack of the whitebox row", "", "| model | clean | AutoAttack | PGD restarts | per-sample worst case |",
+               "|---|---|---|---|---|"]
+        for r in verdicts:
+            v = r["verdict"]
+            aa = f"{100 * v['autoattack']:.2f}" if v["autoattack"] is not None else "n/a"
+            md.append(f"| {r['model']} | {100 * v['clean']:.2f} | {aa} | {100 * v['pgd_restarts']:.2f} | {100 * v['per_sample_worst_case']:.2f} |")
     warn_rows = [r for r in rows if r.get("sanity_warnings")]
     if warn_rows:
         md += ["", "Sanity-check warnings:"] + [f"- {r['protocol']}/{r['model']}: {w}" for r in warn_rows for w in r["sanity_warnings"]]

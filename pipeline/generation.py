@@ -69,14 +69,16 @@ class BlockGenerator:
 
     def __init__(self, store_path: str, source_checkpoint: str, dataset: str, split: str, data_root: str | None,
                  download: bool, limit: int | None, specs: Mapping[str, dict], seed: int, batch_size: int,
-                 num_threads: int = 1) -> None:
+                 num_threads: int = 1, use_gpu: bool = False) -> None:
         from mid_core.attacks import AttackSpec
         from mid_core.checkpoint import load_classifier
         from mid_core.datasets import NUM_CLASSES, load_dataset
         from storage_schemas import open_store
 
         torch.set_num_threads(num_threads)
-        self.model = load_classifier(source_checkpoint)
+        # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU (pool.actor_gpus > 0), so it is cuda:0 here
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        self.model = load_classifier(source_checkpoint).to(self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.data = load_dataset(dataset, split, data_root, download).subset(limit)
@@ -100,11 +102,12 @@ class BlockGenerator:
             adv_parts, target_parts = [], []
             for i in range(0, len(labels), self.batch_size):
                 x, y = images[i:i + self.batch_size], labels[i:i + self.batch_size]
-                out = run_attack(spec, self.model, x, y, num_classes=self.num_classes, generator=generator)
+                out = run_attack(spec, self.model, x.to(self.device), y.to(self.device), num_classes=self.num_classes,
+                                 generator=generator)
                 eps = spec.eps if spec.norm == "linf" and spec.kind not in SLOW_KINDS else None
-                adv_parts.append(quantize_adversarial(out.adversarial, x, eps))
+                adv_parts.append(quantize_adversarial(out.adversarial.cpu(), x, eps))
                 if out.targets is not None:
-                    target_parts.append(out.targets)
+                    target_parts.append(out.targets.cpu())
             adv_u8 = torch.cat(adv_parts)
             preds = predict(self.model, from_uint8(adv_u8))
             if spec.targeted:
@@ -188,9 +191,10 @@ def generate_store(cfg: ExperimentConfig, path: Path, split: str, attack_names: 
                 "store_path": str(path), "source_checkpoint": str(source), "dataset": cfg.data.dataset, "split": split,
                 "data_root": cfg.data.root, "download": cfg.data.download, "limit": limit,
                 "specs": {n: s.to_dict() for n, s in specs.items()}, "seed": seed, "batch_size": cfg.pool.batch_size,
-                "num_threads": auto_threads(cfg.pool.torch_threads, actors),
+                "num_threads": auto_threads(cfg.pool.torch_threads, actors), "use_gpu": cfg.pool.actor_gpus > 0,
             },
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cfg.pool.actor_cpus,
+            num_gpus=cfg.pool.actor_gpus or None,
             # Ray Data restarts a dead actor and retries its block (max_restarts=-1 by default for actor
             # pools; Python exceptions are not retried). Blocks are idempotent: a rewrite writes the same bytes.
             runtime_env={"env_vars": worker_env()},

@@ -39,3 +39,24 @@ def auto_threads(requested: int, parallel: int) -> int:
     if requested > 0:
         return requested
     return max(1, (os.cpu_count() or 1) // max(1, parallel))
+
+
+def train_scaling(num_workers: int, worker_cpus: float, use_gpu: bool) -> tuple[Any, Any]:
+    """``(ScalingConfig, TorchConfig)`` of a Ray Train stage: CPU workers with gloo, or one GPU per worker with NCCL."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig
+
+    resources = {"CPU": worker_cpus, **({"GPU": 1} if use_gpu else {})}
+    return (ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+            TorchConfig(backend="nccl" if use_gpu else "gloo"))
+
+
+def worker_device(use_gpu: bool) -> Any:
+    """The torch device of this Ray Train worker: its assigned GPU, or the CPU."""
+    import torch
+
+    if not use_gpu:
+        return torch.device("cpu")
+    import ray.train.torch
+
+    return ray.train.torch.get_device()

@@ -88,8 +88,10 @@ PARENT_STAGE = {"pool": "teacher", "mid": "pool", "evaluate": "mid"}
 
 
 @contextmanager
-def stage_run(cfg: ExperimentConfig, stage: str, method: str, extra_tags: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """Open the MLflow run of one stage: named ``<config>/<stage>``, tagged, with the config as params."""
+def stage_run(cfg: ExperimentConfig, stage: str, method: str, extra_tags: Mapping[str, str] | None = None,
+              key: str | None = None) -> Iterator[Any]:
+    """Open the MLflow run of one stage: named ``<config>/<key>`` (key defaults to the stage; a MID variant's
+    name for ablations), tagged, with the config as params; its id is recorded under ``key``."""
     import mlflow
 
     experiment_id = check_tracking(cfg)
@@ -99,10 +101,10 @@ def stage_run(cfg: ExperimentConfig, stage: str, method: str, extra_tags: Mappin
         "config_name": cfg.name, "parent_run": parent, "output_dir": str(ExperimentPaths.of(cfg).root),
         **dict(extra_tags or {}),
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{cfg.name}/{stage}", tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{cfg.name}/{key or stage}", tags=tags) as run:
         params = {k: str(v)[:500] for k, v in _flatten(cfg.to_dict()).items()}
         mlflow.log_params(params)
-        _save_run_id(cfg, stage, run.info.run_id)
+        _save_run_id(cfg, key or stage, run.info.run_id)
         yield run
 
 

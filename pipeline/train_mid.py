@@ -8,7 +8,8 @@ identical parameters (``mid.verify_sync: true`` checks that after every step). T
 is a function of (seed, step), identical on every worker.
 
 Reports and checkpoints every epoch (student, optimizer, epoch, step); a restarted run resumes from the
-latest checkpoint. The deployed model (E_s then C_t) is written to ``<output_dir>/models/mid.pt``.
+latest checkpoint. The deployed model (E_s then C_t) is written to ``<output_dir>/models/<mid.variant>.pt``
+(``mid.pt`` by default); ablation variants (``mid.variant``) share the teacher and the pool of one output_dir.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch.distributed as dist
 
 from pipeline.config import ExperimentConfig, config_from_dict
 from pipeline.paths import ExperimentPaths
-from pipeline.ray_runtime import auto_threads, init_ray, worker_env
+from pipeline.ray_runtime import auto_threads, init_ray, train_scaling, worker_device, worker_env
 from pipeline.tracking import RunLogger, stage_run
 
 
@@ -36,13 +37,14 @@ def meta_config(cfg: ExperimentConfig) -> Any:
         return LossWeights(ac=w.ac if cfg.mid.use_ac else 0.0, cc=w.cc if cfg.mid.use_cc else 0.0, lc=w.lc)
 
     return MetaConfig(inner_lr=cfg.mid.inner_lr, meta_test_weight=cfg.mid.meta_test_weight, first_order=cfg.mid.first_order,
-                      use_meta=cfg.mid.use_meta, temperature=cfg.mid.temperature,
+                      use_meta=cfg.mid.use_meta, distill=cfg.mid.use_distillation, temperature=cfg.mid.temperature,
                       train_weights=weights(cfg.mid.train_weights), test_weights=weights(cfg.mid.test_weights))
 
 
 def method_name(cfg: ExperimentConfig) -> str:
-    """'mid', or e.g. 'mid[no-meta,no-cc]' for a Table 8 ablation."""
-    off = [n for n, on in (("meta", cfg.mid.use_meta), ("ac", cfg.mid.use_ac), ("cc", cfg.mid.use_cc)) if not on]
+    """'mid', or e.g. 'mid[no-meta,no-cc]' for a Table 8 ablation ('mid[no-meta,no-dst,no-ac,no-cc]' is ERM)."""
+    off = [n for n, on in (("meta", cfg.mid.use_meta), ("dst", cfg.mid.use_distillation), ("ac", cfg.mid.use_ac),
+                           ("cc", cfg.mid.use_cc)) if not on]
     suffix = (["first-order"] if cfg.mid.first_order else []) + [f"no-{n}" for n in off]
     return "mid" + (f"[{','.join(suffix)}]" if suffix else "")
 
@@ -91,7 +93,7 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
     from mid_core.datasets import load_dataset
     from mid_core.evaluation import accuracy
     from mid_core.meta_step import BENIGN, apply_grads, draw_held_out, meta_step
-    from mid_core.models import DeployedModel, student_from_teacher
+    from mid_core.models import DeployedModel, classifier_student_from_teacher, student_from_teacher
     from pipeline.store_datasource import adv_column
 
     cfg = config_from_dict(loop_config["config"], check_data=False)
@@ -99,8 +101,14 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(auto_threads(cfg.mid.torch_threads, cfg.mid.num_workers))
     torch.manual_seed(cfg.seed)
-    teacher = load_teacher(loop_config["teacher_checkpoint"])
-    student = student_from_teacher(teacher, cfg.mid.student_init)
+    device = worker_device(cfg.mid.use_gpu)
+    teacher = load_teacher(loop_config["teacher_checkpoint"]).to(device)
+    if cfg.mid.use_distillation:  # student encoder E_s; deployed = E_s then the frozen C_t
+        student = student_from_teacher(teacher, cfg.mid.student_init)
+        deployed = DeployedModel(student, teacher.classifier)
+    else:  # Table 8 "no DST" / ERM: a whole classifier trained with cross-entropy, deployed as it is
+        student = deployed = classifier_student_from_teacher(teacher, cfg.mid.student_init)
+    student.to(device)
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.mid.lr)
     mcfg = meta_config(cfg)
     start_epoch, step = 0, 0
@@ -109,9 +117,9 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
     state = None
     if checkpoint:  # a restarted worker group (or a rerun of this segment) resumes from its last checkpoint
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / "train_state.pt", map_location="cpu", weights_only=True)
+            state = torch.load(Path(d) / "train_state.pt", map_location=device, weights_only=True)
     elif loop_config.get("init_state"):  # the next segment after a pool refresh continues the previous one
-        state = torch.load(loop_config["init_state"], map_location="cpu", weights_only=True)
+        state = torch.load(loop_config["init_state"], map_location=device, weights_only=True)
     if state is not None:
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
@@ -126,17 +134,16 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
     logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"], enabled=(rank == 0))
     validation = load_dataset(cfg.data.dataset, "test", cfg.data.root, cfg.data.download).subset(cfg.evaluation.limit or 1000)
     shard = ray.train.get_dataset_shard("train")
-    deployed = DeployedModel(student, teacher.classifier)
     for epoch in range(start_epoch, end_epoch):
         t0, sums, batches, divergence = time.perf_counter(), {}, 0, 0.0
         held_counts = {d: 0 for d in domains}
         for batch in shard.iter_torch_batches(batch_size=cfg.mid.batch_size, drop_last=True,
                                               local_shuffle_buffer_size=cfg.mid.shuffle_buffer or None,
                                               local_shuffle_seed=cfg.seed + epoch * 7919 + rank):
-            labels = batch["label"].long()
-            views = {BENIGN: batch["clean"].float().div_(255.0)}
+            labels = batch["label"].to(device).long()
+            views = {BENIGN: batch["clean"].to(device).float().div_(255.0)}
             for name in loop_config["attacks"]:
-                views[name] = batch[adv_column(name)].float().div_(255.0)
+                views[name] = batch[adv_column(name)].to(device).float().div_(255.0)
             held_out = draw_held_out(domains, cfg.seed, step)
             result = meta_step(student, teacher, views, labels, held_out, mcfg)
             apply_grads(student, result.grads)
@@ -194,22 +201,21 @@ def _fit_segment(cfg: ExperimentConfig, paths: ExperimentPaths, store_path: Path
                  end_epoch: int, init_state: Path | None, pool_version: int, run_id: str) -> Any:
     """One Ray Train run over epochs [previous end, end_epoch) on one pool version."""
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
 
     from pipeline.store_datasource import read_store
 
     # Same config + seed -> same batches in the same order (needed for exact resume and reproducibility).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+    scaling, torch_config = train_scaling(cfg.mid.num_workers, cfg.mid.worker_cpus, cfg.mid.use_gpu)
     dataset = read_store(str(store_path)).randomize_block_order(seed=cfg.seed + pool_version)
     trainer = TorchTrainer(
         _mid_worker,
         train_loop_config={"config": cfg.to_dict(), "teacher_checkpoint": str(paths.model("teacher")), "attacks": attacks,
                            "tracking_uri": cfg.tracking_uri(), "run_id": run_id, "end_epoch": end_epoch,
                            "init_state": str(init_state) if init_state else None, "pool_version": pool_version},
-        torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.mid.num_workers, use_gpu=False,
-                                     resources_per_worker={"CPU": cfg.mid.worker_cpus}),
+        scaling_config=scaling, torch_config=torch_config,
         run_config=RunConfig(name=name, storage_path=str(paths.ray_results),
                              failure_config=FailureConfig(max_failures=1),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -231,9 +237,12 @@ def _copy_atomic(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def refreshed_pool_path(paths: ExperimentPaths, version: int) -> Path:
-    """Pool version ``version`` (0 = the pool generated against the teacher by jobs/generate_pool.py)."""
-    return paths.train_pool if version == 0 else paths.stores / f"pool_train_r{version}.zarr"
+def refreshed_pool_path(paths: ExperimentPaths, version: int, variant: str = "mid") -> Path:
+    """Pool version ``version`` of MID variant ``variant`` (0 = the pool generated against the teacher by
+    jobs/generate_pool.py, shared by every variant; later versions belong to the variant that refreshed them)."""
+    if version == 0:
+        return paths.train_pool
+    return paths.stores / (f"pool_train_r{version}.zarr" if variant == "mid" else f"pool_train_{variant}_r{version}.zarr")
 
 
 def run(cfg: ExperimentConfig, force: bool = False) -> Path:
@@ -252,26 +261,32 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     from pipeline.generation import checkpoint_fingerprint, generate_store
 
     paths = ExperimentPaths.of(cfg)
-    out = paths.model("mid")
+    variant = cfg.mid.variant
+    out = paths.model(variant)
     if out.exists() and not force:
         print(f"[mid] {out} exists; not retraining (pass --force to retrain)", flush=True)
         return out
-    base_name = f"{cfg.name}-mid"
+    base_name = f"{cfg.name}-{variant}"
     if force:  # a forced retrain must not resume from the previous run's checkpoints
         for old in paths.ray_results.glob(f"{base_name}*"):
             shutil.rmtree(old)
     teacher_fp = checkpoint_fingerprint(paths.model("teacher"))
     store = _open_training_store(cfg, paths.train_pool, teacher_fp, teacher_fp if cfg.pool.source == "teacher" else None)
-    attacks = list(store.attack_names)
+    attacks = list(cfg.mid.attacks or store.attack_names)
+    missing = [a for a in attacks if a not in store.attack_names]
+    if missing:
+        raise ValueError(f"mid.attacks {missing} are not in the training pool {paths.train_pool} (it holds "
+                         f"{list(store.attack_names)}); regenerate the pool with them in pool.attacks")
     init_ray()
     segment_len = cfg.pool.refresh_every or cfg.mid.epochs
-    state_dir = paths.root / "mid_segments"
-    tags = {"pool_id": str(store.attrs.get("pool_id", "")), "pool_refresh_every": str(cfg.pool.refresh_every)}
-    with stage_run(cfg, "mid", method=method_name(cfg), extra_tags=tags) as run_:
+    state_dir = paths.root / ("mid_segments" if variant == "mid" else f"mid_segments_{variant}")
+    tags = {"pool_id": str(store.attrs.get("pool_id", "")), "pool_refresh_every": str(cfg.pool.refresh_every),
+            "variant": variant, "train_attacks": ",".join(attacks)}
+    with stage_run(cfg, "mid", method=method_name(cfg), extra_tags=tags, key=variant) as run_:
         epoch, version, init_state, source_fp = 0, 0, None, None
         while epoch < cfg.mid.epochs:
             end = min(cfg.mid.epochs, epoch + segment_len)
-            store_path = refreshed_pool_path(paths, version)
+            store_path = refreshed_pool_path(paths, version, variant)
             if version > 0:
                 _open_training_store(cfg, store_path, teacher_fp, source_fp)
             name = base_name if not cfg.pool.refresh_every else f"{base_name}-seg{version}"
@@ -286,7 +301,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
                 version += 1
                 t0 = time.perf_counter()
                 refreshed = generate_store(
-                    cfg, refreshed_pool_path(paths, version), "train", attacks, cfg.pool.eps, cfg.pool.steps,
+                    cfg, refreshed_pool_path(paths, version, variant), "train", attacks, cfg.pool.eps, cfg.pool.steps,
                     cfg.pool.step_size, cfg.data.train_limit, {"role": "train_pool", "refresh_epoch": epoch,
                                                                "pool_version": version},
                     source=deployed, source_role="deployed", seed=cfg.seed + version)

@@ -59,11 +59,18 @@ def test_loaded_teacher_is_frozen(tmp_path):
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 
-def test_load_robust_model_refuses_a_teacher(tmp_path):
-    path = save_checkpoint(tmp_path / "t.pt", Teacher.from_backbone("lenet_tiny"), kind="teacher", backbone="lenet_tiny")
-    with pytest.raises(CheckpointError, match="expects a deployed MID model"):
-        load_robust_model(path)
-    assert load_classifier(path)(torch.rand(1, 1, 28, 28)).shape == (1, 10)
+def test_load_robust_model_loads_every_zoo_kind_as_an_images_to_logits_model(tmp_path):
+    """models/ holds undefended teachers and AT models next to MID: one loader for all, frozen, eval mode."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 28, 28)
+    teacher = Teacher.from_backbone("lenet_tiny").eval()
+    path = save_checkpoint(tmp_path / "t.pt", teacher, kind="teacher", backbone="lenet_tiny")
+    loaded = load_robust_model(path)
+    assert torch.allclose(loaded(x), teacher.classifier(teacher.encoder(x)))
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    torch.save({"not": "a checkpoint"}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError):
+        load_robust_model(tmp_path / "bad.pt")
 
 
 def test_missing_checkpoint_says_how_to_make_it(tmp_path):

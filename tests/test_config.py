@@ -11,10 +11,17 @@ from pipeline.config import ConfigError, config_from_dict, load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["digits_lenet", "mnist_lenet5", "fmnist_lenet5", "tiny_test"])
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(REPO / "configs").with_suffix("")) for p in (REPO / "configs").rglob("*.yaml")))
 def test_shipped_configs_load(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
-    assert cfg.name == name
+    if "/" in name:  # a variant of the experiment its folder is named after: same name and output_dir, own mid.variant
+        experiment, variant = name.split("/")
+        assert (cfg.name, cfg.mid.variant) == (experiment, variant)
+    else:
+        assert cfg.name == name
+        for model in cfg.evaluation.models:  # every evaluation row has a config that trains it
+            assert model in ("teacher", "standard", "substitute", "at", cfg.mid.variant) or \
+                (REPO / "configs" / name / f"{model}.yaml").exists(), model
 
 
 def test_unknown_key_is_rejected_with_suggestion():
@@ -82,3 +89,51 @@ def test_overrides_apply_and_validate(tmp_path):
 def test_missing_config_file_message(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_base_config_is_merged_under_the_ablation(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"name": "b", "data": {"dataset": "digits"},
+                                                         "mid": {"epochs": 3, "lr": 0.01}}))
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "mid": {"variant": "no_meta", "use_meta": False}}))
+    cfg = load_config(tmp_path / "abl.yaml")
+    assert (cfg.name, cfg.mid.epochs, cfg.mid.lr, cfg.mid.use_meta, cfg.mid.variant) == ("b", 3, 0.01, False, "no_meta")
+
+
+def test_base_config_cycle_is_reported(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_no_distillation_with_ac_or_cc_is_rejected():
+    with pytest.raises(ConfigError, match="use_ac: false"):
+        config_from_dict({"mid": {"use_distillation": False}})
+    cfg = config_from_dict({"mid": {"use_distillation": False, "use_ac": False, "use_cc": False}})
+    assert not cfg.mid.use_distillation
+
+
+def test_training_attacks_must_be_in_the_pool():
+    with pytest.raises(ConfigError, match="subset of pool.attacks"):
+        config_from_dict({"pool": {"attacks": ["PGD_N", "MIM_N"]}, "mid": {"attacks": ["BIM_N"]}})
+    assert config_from_dict({"pool": {"attacks": ["PGD_N", "MIM_N"]}, "mid": {"attacks": ["MIM_N"]}}).mid.attacks == ["MIM_N"]
+
+
+@pytest.mark.parametrize("variant", ["teacher", "at", "Bad Name", "1mid", ""])
+def test_bad_or_reserved_variant_name_is_rejected(variant):
+    with pytest.raises(ConfigError, match="mid.variant"):
+        config_from_dict({"mid": {"variant": variant}})
+
+
+def test_evaluation_rows_accept_at_and_variant_names_only():
+    cfg = config_from_dict({"evaluation": {"models": ["teacher", "at", "mid", "erm", "no_cc"]}})
+    assert cfg.evaluation.models[-1] == "no_cc"
+    with pytest.raises(ConfigError, match="evaluation.models"):
+        config_from_dict({"evaluation": {"models": ["teacher", "MID!"]}})
+
+
+def test_adversarial_training_settings_are_checked():
+    with pytest.raises(ConfigError, match="at.eps"):
+        config_from_dict({"at": {"eps": 3.0}})
+    with pytest.raises(ConfigError, match="at.steps"):
+        config_from_dict({"at": {"steps": 0}})

@@ -237,3 +237,42 @@ def test_pool_refresh_regenerates_against_the_deployed_model(pipeline_run, tmp_p
     assert refreshed.attrs["teacher_fingerprint"] == checkpoint_fingerprint(paths.model("teacher"))
     metrics = read_checkpoint(out)["metrics"]
     assert metrics["epoch"] == 2 and metrics["pool_version"] == 1
+
+
+def test_baselines_and_ablation_variants_train_and_evaluate_side_by_side(pipeline_run, tmp_path):
+    """AT (teacher stage) and the ERM variant (MID stage, mid.variant) reuse the teacher and pool and get their own
+    checkpoints, MLflow runs and evaluation rows; AT is more robust white-box than the undefended teacher."""
+    from mid_core.checkpoint import read_checkpoint
+    from pipeline import evaluate, train_mid, train_teacher
+
+    _, paths, _ = pipeline_run
+    _copy_inputs(paths, tmp_path)
+    shutil.copy(paths.model("mid"), tmp_path / "models" / "mid.pt")
+    common = [f"output_dir={tmp_path}", "evaluation.models=[teacher, at, mid, erm]", "evaluation.protocols=[paper, whitebox]",
+              "evaluation.attacks=[PGD_N]", "evaluation.verdict_pgd_restarts=2",
+              "evaluation.verdict_pgd_steps=5", "evaluation.verdict_pgd_step_size=0.1", "at.epochs=4", "at.steps=5", "at.step_size=0.1", "at.batch_size=64"]
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "models").iterdir()}
+    train_teacher.run(load_config(REPO / "configs" / "tiny_test.yaml", common))
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "models").iterdir() if p.name != "at.pt"} == before
+    assert read_checkpoint(tmp_path / "models" / "at.pt")["kind"] == "standard"
+    erm_cfg = load_config(REPO / "configs" / "tiny_test.yaml", common + ["mid.variant=erm", "mid.epochs=2", "mid.use_meta=false",
+                                                                         "mid.use_distillation=false", "mid.use_ac=false", "mid.use_cc=false"])
+    train_mid.run(erm_cfg)
+    assert (tmp_path / "models" / "erm.pt").exists() and (tmp_path / "models" / "mid.pt").stat().st_mtime_ns == before["mid.pt"]
+    files = evaluate.run(load_config(REPO / "configs" / "tiny_test.yaml", common))
+    rows = {(r["protocol"], r["model"]): r for r in json.loads(files["json"].read_text())["rows"]}
+    assert set(rows) == {(p, m) for p in ("paper", "whitebox") for m in ("teacher", "at", "mid", "erm")}
+    for r in rows.values():
+        assert r["PGD_N"] <= r["benign"] + 1e-9
+    assert rows[("whitebox", "at")]["PGD_N"] >= rows[("whitebox", "teacher")]["PGD_N"] + 0.1
+    for model in ("teacher", "at", "mid", "erm"):  # the per-sample worst case is below every single attack
+        row, verdict = rows[("whitebox", model)], rows[("whitebox", model)]["verdict"]
+        assert verdict["per_sample_worst_case"] <= min(row["PGD_N"], verdict["pgd_restarts"]) + 1e-9
+        assert verdict["images"] == 200 and verdict["worst_case_over"] == ["PGD-5x2", "PGD_N"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(erm_cfg.tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name(erm_cfg.experiment_name()).experiment_id])
+    erm = [r for r in runs if r.data.tags.get("variant") == "erm"]
+    assert len(erm) == 1 and erm[0].info.run_name == "tiny_test/erm"
+    assert erm[0].data.tags["method"] == "mid[no-meta,no-dst,no-ac,no-cc]"

@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from mid_core.losses import LossWeights, adversarial_consistency, cyclic_consistency, feature_log_probs
 from mid_core.meta_step import BENIGN, MetaConfig, _domain_losses, apply_grads, draw_held_out, meta_step
-from mid_core.models import Teacher, student_from_teacher
+from mid_core.models import Teacher, classifier_student_from_teacher, student_from_teacher
 
 
 def make_batch(n: int = 6, seed: int = 0, dtype=torch.float32):
@@ -216,3 +216,33 @@ def test_batchnorm_running_stats_updated_once_from_meta_train_views():
         reference(torch.cat([views[d] for d in sorted(views) if d != "PGD_T"]))
     assert torch.allclose(student.bn.running_mean, reference.bn.running_mean)
     assert int(student.bn.num_batches_tracked) == 1
+
+
+def test_without_distillation_gradients_reach_the_students_own_head():
+    teacher, _ = make_models()
+    student = classifier_student_from_teacher(teacher, init="teacher")
+    views, labels = make_batch()
+    cfg = MetaConfig(distill=False, train_weights=LossWeights(0.0, 0.0, 1.0), test_weights=LossWeights(0.0, 0.0, 1.0))
+    result = meta_step(student, teacher, views, labels, "MIM_N", cfg)
+    heads = [n for n in result.grads if n.startswith("classifier.")]
+    assert heads and all(float(result.grads[n].abs().sum()) > 0 for n in heads)
+    assert any(float(result.grads[n].abs().sum()) > 0 for n in result.grads if n.startswith("encoder."))
+
+
+def test_erm_loss_is_the_mean_cross_entropy_summed_over_views():
+    teacher, _ = make_models()
+    student = classifier_student_from_teacher(teacher, init="teacher")
+    views, labels = make_batch()
+    cfg = MetaConfig(use_meta=False, distill=False, train_weights=LossWeights(0.0, 0.0, 1.0))
+    result = meta_step(student, teacher, views, labels, None, cfg)
+    with torch.no_grad():
+        expected = sum(float(torch.nn.functional.cross_entropy(student(v), labels)) for v in views.values())
+    assert result.metrics["loss_train"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_without_distillation_ac_or_cc_weights_are_refused():
+    teacher, _ = make_models()
+    student = classifier_student_from_teacher(teacher)
+    views, labels = make_batch()
+    with pytest.raises(ValueError, match="ac and cc weights"):
+        meta_step(student, teacher, views, labels, "MIM_N", MetaConfig(distill=False))

@@ -1,0 +1,83 @@
+"""Copy an experiment's evaluated models into the committed zoo (``models/<experiment>/``) with a Markdown summary.
+
+    python -m pipeline.model_zoo --config configs/mnist_classic.yaml            # every evaluated model
+    python -m pipeline.model_zoo --config configs/mnist_classic.yaml --models mid at
+
+Each model is a weights-only checkpoint (with its config and training metrics inside) that
+``mid_core.load_robust_model(path)`` loads as an images -> logits module. ``models/<experiment>/README.md``
+gets, per model, its kind, backbone, seed, file size and SHA-256, and its accuracy per protocol and attack from
+the experiment's ``evaluation/results.json`` (so a claim can be re-checked with other attack code, without
+retraining).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.paths import ExperimentPaths
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def export(cfg: ExperimentConfig, models: list[str], dest: Path) -> Path:
+    """Copy ``models`` of ``cfg``'s run into ``dest`` and write ``dest/README.md``; returns the README path."""
+    from mid_core.checkpoint import read_checkpoint
+
+    paths = ExperimentPaths.of(cfg)
+    results_path = paths.evaluation / "results.json"
+    if not results_path.exists():
+        raise FileNotFoundError(f"{results_path} does not exist: run jobs/evaluate.py --config <this config> first")
+    results = json.loads(results_path.read_text())
+    rows: list[dict[str, Any]] = results["rows"]
+    dest.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {cfg.name}: {cfg.data.dataset}, backbone {cfg.model.backbone}, L-inf eps {cfg.evaluation.eps}", "",
+             "Load any of them with `mid_core.load_robust_model(path)` (float images in [0, 1], shape (N, 1, 28, 28) -> "
+             "logits). Accuracies (%) from `evaluation/results.json` of the run: "
+             f"{results['test_images']} test images, CW and JSMA on the first {results['slow_attack_images']}.", ""]
+    attacks = ["benign", *cfg.evaluation.attacks, "average", "worst_case"]
+    for model in models:
+        src = paths.model(model)
+        if not src.exists():
+            raise FileNotFoundError(f"{src} does not exist; train {model!r} first")
+        payload = read_checkpoint(src)
+        out = dest / f"{model}.pt"
+        shutil.copyfile(src, out)
+        digest = hashlib.sha256(out.read_bytes()).hexdigest()
+        seed = payload.get("metrics", {}).get("seed", payload.get("config", {}).get("seed"))
+        lines += [f"## `{model}.pt`", "",
+                  f"kind `{payload['kind']}`, backbone `{payload['backbone']}`, seed {seed}, {out.stat().st_size / 1024:.0f} KiB, "
+                  f"sha256 `{digest[:16]}…`; trained by `configs/{cfg.name}.yaml`"
+                  + (f" (variant `{model}`: `configs/{cfg.name}/{model}.yaml`)" if (REPO / "configs" / cfg.name / f"{model}.yaml").exists() else ""),
+                  "", "| protocol | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
+        for r in (r for r in rows if r["model"] == model):
+            lines.append(f"| {r['protocol']} | " + " | ".join(f"{100 * r[a]:.2f}" for a in attacks) + " |")
+        lines.append("")
+    readme = dest / "README.md"
+    readme.write_text("\n".join(lines))
+    return readme
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="the experiment's config, e.g. configs/mnist_classic.yaml")
+    p.add_argument("--models", nargs="*", default=None, help="models to export (default: the config's evaluation.models)")
+    p.add_argument("--dest", default=None, help="destination folder (default: models/<experiment name>)")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    readme = export(cfg, args.models or list(cfg.evaluation.models), Path(args.dest or REPO / "models" / cfg.name))
+    print(f"wrote {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The zoo exporter copies exactly the evaluated checkpoints and documents their measured accuracies."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mid_core import load_robust_model
+from mid_core.checkpoint import save_checkpoint
+from mid_core.models import StandardClassifier
+from pipeline.config import config_from_dict
+from pipeline.model_zoo import export
+
+
+def _run(tmp_path):
+    cfg = config_from_dict({"name": "zoo", "output_dir": str(tmp_path / "run"), "model": {"backbone": "lenet_tiny"},
+                            "evaluation": {"models": ["teacher", "at"], "attacks": ["PGD_N"]}})
+    (tmp_path / "run" / "models").mkdir(parents=True)
+    torch.manual_seed(0)
+    model = StandardClassifier.from_backbone("lenet_tiny")
+    save_checkpoint(tmp_path / "run" / "models" / "at.pt", model, kind="standard", backbone="lenet_tiny",
+                    config=cfg.to_dict(), metrics={"seed": 3000})
+    return cfg, model
+
+
+def test_export_copies_the_checkpoint_and_writes_its_accuracies(tmp_path):
+    cfg, model = _run(tmp_path)
+    row = {"protocol": "whitebox", "model": "at", "benign": 0.9876, "PGD_N": 0.5, "average": 0.74, "worst_case": 0.5}
+    (tmp_path / "run" / "evaluation").mkdir()
+    (tmp_path / "run" / "evaluation" / "results.json").write_text(
+        json.dumps({"rows": [row], "test_images": 10000, "slow_attack_images": 100}))
+    readme = export(cfg, ["at"], tmp_path / "zoo")
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.allclose(load_robust_model(tmp_path / "zoo" / "at.pt")(x), model.eval()(x))
+    text = readme.read_text()
+    assert "| whitebox | 98.76 | 50.00 | 74.00 | 50.00 |" in text and "seed 3000" in text
+
+
+def test_export_refuses_an_unevaluated_run(tmp_path):
+    cfg, _ = _run(tmp_path)
+    with pytest.raises(FileNotFoundError, match="evaluate.py"):
+        export(cfg, ["at"], tmp_path / "zoo")
