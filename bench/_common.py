@@ -218,7 +218,34 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-class RssSampler:
+class _PeriodicSampler:
+    """Calls ``self._sample()`` every ``interval`` s on a daemon thread between ``__enter__`` and ``__exit__``,
+    and once more on exit."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+class RssSampler(_PeriodicSampler):
     """Samples, every ``interval`` s, this process's RSS and every descendant's (Ray workers included).
 
     Records: ``driver_peak_mib`` (max VmRSS of this process), ``driver_anon_peak_mib`` (max RssAnon: private
@@ -228,15 +255,13 @@ class RssSampler:
     """
 
     def __init__(self, interval: float = 0.2, watch: Callable[[str], bool] | None = None) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.watch = watch
         self.driver_peak = self.driver_anon_peak = 0.0
         self.worker_peak = self.worker_anon_peak = self.tree_anon_peak = 0.0
         self.worker_cmd = ""
         self.samples = 0
         self.seen: dict[int, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         me = _status()
@@ -259,20 +284,6 @@ class RssSampler:
         self.tree_anon_peak = max(self.tree_anon_peak, anon_sum)
         self.samples += 1
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
     def result(self) -> dict[str, Any]:
         return {"driver_peak_mib": round(self.driver_peak, 1), "driver_anon_peak_mib": round(self.driver_anon_peak, 1),
                 "worker_peak_mib": round(self.worker_peak, 1), "worker_anon_peak_mib": round(self.worker_anon_peak, 1),
@@ -289,16 +300,15 @@ def cpu_seconds(pid: int | str = "self") -> float:
         return float("nan")
 
 
-class CpuTracker:
+class CpuTracker(_PeriodicSampler):
     """Samples, every ``interval`` s, the cumulative CPU seconds of this process and of every descendant whose
     command line contains ``match`` (e.g. Ray Data's ``MapWorker`` actors). ``between(t0, t1)`` then gives the CPU
     seconds each side used in a wall-clock window (``time.perf_counter`` base), by linear interpolation."""
 
     def __init__(self, match: str, interval: float = 0.5) -> None:
-        self.match, self.interval = match, interval
+        super().__init__(interval)
+        self.match = match
         self.samples: list[tuple[float, float, dict[int, float]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self._known: dict[int, bool] = {}
 
     def _sample(self) -> None:
@@ -311,19 +321,6 @@ class CpuTracker:
                 if c == c:
                     procs[pid] = c
         self.samples.append((time.perf_counter(), cpu_seconds(), procs))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "CpuTracker":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _at(self, t: float) -> tuple[float, float]:
         """(driver cpu, summed matched-process cpu) at time t, interpolated between the samples around t.

@@ -186,12 +186,8 @@ def meta_step(
     metrics.update({"loss_test": float(l_test.detach()), **{f"{k}_test": float(v) for k, v in test_terms.items()}})
 
     if second_order:
-        # ∇θ [L_train + β L_test(θ')] = ∇θ L_train + β ∇θ L_test(θ'): reuse the meta-train gradient already
-        # computed (instead of backpropagating L_train a second time) and backpropagate L_test alone, through θ'
-        # and the create_graph inner gradient (the Hessian-vector term).
-        test_grads = torch.autograd.grad(l_test, [params[n] for n in names], allow_unused=True)
-        grads = tuple(g.detach() + (config.meta_test_weight * tg if tg is not None else 0.0)
-                      for g, tg in zip(inner_grads, test_grads))
+        total = l_train + config.meta_test_weight * l_test
+        grads = torch.autograd.grad(total, [params[n] for n in names])
     else:
         # First order: ∇θ' L_test treated as ∇θ L_test; reuse the meta-train gradient (no second backward).
         test_grads = torch.autograd.grad(l_test, [fast[n] for n in names])
