@@ -274,24 +274,48 @@ def _lever_batch(backbone: str, seed: int, n: int = BATCH) -> tuple[dict[str, to
     return _views(clean_u8, adv_u8), labels, clean_u8
 
 
+def _plain_layout(model: Any) -> Any:
+    """A copy of ``model`` whose LeNet encoders use the pre-optimisation layout: ``nn.Conv2d`` for conv1 and
+    conv -> ReLU -> max-pool (the same function and weights as ``mid_core.models.LeNetEncoder``)."""
+    from torch import nn
+
+    from mid_core.models import LeNetEncoder
+
+    model = copy.deepcopy(model)
+    for enc in [m for m in model.modules() if isinstance(m, LeNetEncoder)]:
+        f = enc.features
+        conv1 = nn.Conv2d(f[0].in_channels, f[0].out_channels, f[0].kernel_size)
+        conv1.load_state_dict(f[0].state_dict())
+        conv1.requires_grad_(f[0].weight.requires_grad)  # a frozen teacher stays frozen
+        enc.features = nn.Sequential(conv1, nn.ReLU(), nn.MaxPool2d(2), f[3], nn.ReLU(), nn.MaxPool2d(2))
+    return model
+
+
 def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int = BATCH) -> dict[str, Any]:
-    """In-process levers, interleaved: per config the SO, FO and clean step times on one batch."""
+    """In-process levers, interleaved: per config the SO, FO and clean step times on one batch.
+
+    ``plain_conv`` is the encoder before the benchmark-1 optimisation (``nn.Conv2d`` conv1, ReLU before pooling),
+    the same function and weights; ``threads1`` uses the current ``LeNetEncoder``.
+    """
     views, labels, clean_u8 = _lever_batch(backbone, seed, batch)
     teacher, student, clf = _models(backbone, seed)
+    plain = (_plain_layout(teacher), _plain_layout(student), _plain_layout(clf))
     cl_fmt = torch.channels_last
     teacher_cl = copy.deepcopy(teacher).to(memory_format=cl_fmt)
     configs: dict[str, dict[str, Any]] = {
         "threads1": {"threads": 1},
+        "plain_conv": {"threads": 1, "plain": True},
         "threads2": {"threads": 2},
         "channels_last": {"threads": 1, "fmt": cl_fmt},
         "bf16_autocast": {"threads": 1, "autocast": True},
     }
     variants: dict[str, Any] = {}
     for name, c in configs.items():
-        t = teacher_cl if c.get("fmt") is not None else teacher
-        so = MidVariant(t, student, False, seed, c.get("fmt"), c.get("autocast", False))
-        fo = MidVariant(t, student, True, seed, c.get("fmt"), c.get("autocast", False))
-        cl = CleanVariant(clf, c.get("fmt"), c.get("autocast", False))
+        t, st, cf = plain if c.get("plain") else (teacher, student, clf)
+        t = teacher_cl if c.get("fmt") is not None else t
+        so = MidVariant(t, st, False, seed, c.get("fmt"), c.get("autocast", False))
+        fo = MidVariant(t, st, True, seed, c.get("fmt"), c.get("autocast", False))
+        cl = CleanVariant(cf, c.get("fmt"), c.get("autocast", False))
         th = c["threads"]
         variants[f"{name}/so"] = (lambda so=so, th=th: (torch.set_num_threads(th), so.step(views, labels, "PGD_N")))
         variants[f"{name}/fo"] = (lambda fo=fo, th=th: (torch.set_num_threads(th), fo.step(views, labels, "PGD_N")))

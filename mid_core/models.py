@@ -20,24 +20,31 @@ from typing import Callable
 import torch
 from torch import nn
 
+from mid_core.single_channel_conv import SingleChannelConv2d
+
 
 class LeNetEncoder(nn.Module):
     """LeNet-5 style convolutional encoder.
 
     Maps ``(N, in_channels, 28, 28)`` images in [0, 1] to a feature map ``(N, widths[1], 4, 4)``.
     ``widths=(32, 64)`` is the variant of the official MID code; ``(6, 16)`` is the classic LeNet-5.
+
+    Each block is conv -> max-pool -> ReLU: the same function as conv -> ReLU -> max-pool (max commutes with
+    the monotone ReLU), with the ReLU on a 4x smaller map, which matters in the meta step's double backward.
+    The first convolution is a ``SingleChannelConv2d`` (an ``nn.Conv2d`` with a faster exact CPU path for
+    1-channel images). Parameter names (``features.0``, ``features.3``) are those of every earlier checkpoint.
     """
 
     def __init__(self, in_channels: int = 1, widths: tuple[int, int] = (32, 64)) -> None:
         super().__init__()
         c1, c2 = widths
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, kernel_size=5),
-            nn.ReLU(),
+            SingleChannelConv2d(in_channels, c1, kernel_size=5),
             nn.MaxPool2d(2),
+            nn.ReLU(),
             nn.Conv2d(c1, c2, kernel_size=5),
-            nn.ReLU(),
             nn.MaxPool2d(2),
+            nn.ReLU(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

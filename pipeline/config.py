@@ -50,7 +50,7 @@ class TeacherConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    recon_loss: str = "l1"  # l1 | l2
+    recon_loss: str = "l2"  # l2 | l1 (the paper says L1; it collapsed the MNIST decoder, see mid_core.training)
     recon_weight: float = 1.0
     substitute_seed_offset: int = 1000  # the substitute (transfer protocol) model uses seed + offset
     standard_seed_offset: int = 2000  # the separate standard classifier (pool.source: standard)

@@ -37,7 +37,9 @@ def _train_one(loop_config: dict[str, Any]) -> None:
     from mid_core.evaluation import accuracy
     from mid_core.models import StandardClassifier, Teacher
     from mid_core.attacks import default_spec, run_attack
-    from mid_core.training import adversarial_epoch, classifier_epoch, shuffled_batches, teacher_epoch
+    from mid_core.training import (
+        adversarial_epoch, classifier_epoch, decoder_warning, reconstruction_r2, shuffled_batches, teacher_epoch,
+    )
 
     cfg = config_from_dict(loop_config["config"], check_data=False)
     role, seed = loop_config["role"], loop_config["seed"]
@@ -77,11 +79,16 @@ def _train_one(loop_config: dict[str, Any]) -> None:
         else:
             metrics = classifier_epoch(wrapped, batches, opt)
         metrics["test_accuracy"] = accuracy(as_classifier, test.images, test.labels)
+        if is_teacher_like:
+            metrics["recon_r2"] = reconstruction_r2(model, test.images)
         metrics["epoch_seconds"] = time.perf_counter() - t0
         logger.log({f"{role}/{k_}": v for k_, v in metrics.items()}, step=epoch)
         if rank == 0:
             print(f"[{role}] epoch {epoch + 1}/{epochs} " + " ".join(f"{k_}={v:.4f}" for k_, v in metrics.items()), flush=True)
     if rank == 0:
+        warning = decoder_warning(metrics["recon_r2"]) if role == "teacher" else None
+        if warning:
+            print(f"[{role}] WARNING: {warning}", flush=True)
         out = Path(loop_config["checkpoint_path"])
         save_checkpoint(out, model, kind="teacher" if is_teacher_like else "standard", backbone=cfg.model.backbone,
                         config=cfg.to_dict(), metrics={**metrics, "seed": seed}, in_channels=in_ch, num_classes=k)

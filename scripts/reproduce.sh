@@ -5,6 +5,7 @@
 # Stages: teacher stage (teacher, substitute, and AT when the evaluation lists it), pool, MID (configs/<exp>.yaml),
 # each variant (configs/<exp>/<variant>.yaml), evaluation (configs/<exp>.yaml). Extra settings for every stage:
 #   MID_SET="evaluation.limit=1000 mid.epochs=1" bash scripts/reproduce.sh mnist_classic
+# SKIP_EVAL=1 stops before the evaluation stage (e.g. to evaluate only some protocols by hand).
 # Stage times go to runs/<exp>/stage_times.tsv; the log of each stage to runs/<exp>/logs/<stage>.log.
 # Long runs: nohup bash scripts/reproduce.sh mnist_classic mid_refresh > mnist.log 2>&1 &
 set -euo pipefail
@@ -31,5 +32,6 @@ stage teacher train_teacher "configs/$exp.yaml"
 stage pool generate_pool "configs/$exp.yaml"
 stage mid train_mid "configs/$exp.yaml"
 for v in "$@"; do stage "$v" train_mid "configs/$exp/$v.yaml"; done
+if [ -n "${SKIP_EVAL:-}" ]; then echo "[reproduce] SKIP_EVAL set: evaluation skipped"; exit 0; fi
 stage evaluation evaluate "configs/$exp.yaml"
 echo "[reproduce] done: $out/evaluation/table.md; stage times (s) in $out/stage_times.tsv"

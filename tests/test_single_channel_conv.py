@@ -1,0 +1,71 @@
+"""The fast 1-channel convolution equals nn.Conv2d in value, gradient and second derivative."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mid_core.models import LeNetEncoder
+from mid_core.single_channel_conv import SingleChannelConv2d, single_channel_conv2d
+
+
+def _inputs(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 9, 8, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(4, generator=g, dtype=dtype, requires_grad=True)
+    return x, w, b
+
+
+def test_value_equals_conv2d() -> None:
+    x, w, b = _inputs()
+    torch.testing.assert_close(single_channel_conv2d(x, w, b), F.conv2d(x, w, b))
+
+
+def test_first_derivatives_pass_gradcheck() -> None:
+    assert torch.autograd.gradcheck(single_channel_conv2d, _inputs())
+
+
+def test_second_derivatives_pass_gradgradcheck() -> None:
+    # The meta step differentiates through a gradient: the double backward must be exact too.
+    assert torch.autograd.gradgradcheck(single_channel_conv2d, _inputs())
+
+
+def test_double_backward_matches_conv2d() -> None:
+    """Gradient of a gradient norm (the shape of the meta step's second-order term) equals nn.Conv2d's."""
+
+    def second_order(conv) -> tuple[torch.Tensor, ...]:
+        x, w, b = _inputs()
+        y = conv(x, w, b)
+        gx, gw = torch.autograd.grad((y.sin() ** 2).sum(), (x, w), create_graph=True)
+        return torch.autograd.grad(gx.square().sum() + gw.square().sum(), (x, w, b))
+
+    for ours, ref in zip(second_order(single_channel_conv2d), second_order(F.conv2d)):
+        torch.testing.assert_close(ours, ref)
+
+
+def test_rejects_multi_channel_input_with_clear_message() -> None:
+    with pytest.raises(ValueError, match="1, H, W"):
+        single_channel_conv2d(torch.rand(2, 3, 8, 8), torch.rand(4, 3, 3, 3))
+
+
+def test_module_falls_back_to_conv2d_where_the_fast_path_does_not_apply() -> None:
+    torch.manual_seed(0)
+    for kwargs in ({"in_channels": 3}, {"in_channels": 1, "padding": 1}, {"in_channels": 1, "stride": 2}):
+        ours = SingleChannelConv2d(out_channels=4, kernel_size=3, **kwargs)
+        ref = nn.Conv2d(out_channels=4, kernel_size=3, **kwargs)
+        ref.load_state_dict(ours.state_dict())
+        x = torch.rand(2, kwargs["in_channels"], 10, 10)
+        torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_encoder_keeps_the_parameter_names_and_function_of_the_plain_lenet() -> None:
+    """Old checkpoints load unchanged; conv -> pool -> ReLU equals conv -> ReLU -> pool."""
+    torch.manual_seed(0)
+    enc = LeNetEncoder(1, (6, 16))
+    assert sorted(enc.state_dict()) == ["features.0.bias", "features.0.weight", "features.3.bias", "features.3.weight"]
+    plain = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
+    plain.load_state_dict({k.removeprefix("features."): v for k, v in enc.state_dict().items()})
+    x = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(enc(x), plain(x))
