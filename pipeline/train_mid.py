@@ -245,6 +245,25 @@ def refreshed_pool_path(paths: ExperimentPaths, version: int, variant: str = "mi
     return paths.stores / (f"pool_train_r{version}.zarr" if variant == "mid" else f"pool_train_{variant}_r{version}.zarr")
 
 
+def _warn_if_decoder_collapsed(cfg: ExperimentConfig, teacher_path: Path) -> float:
+    """Print a warning when the teacher's decoder does not reconstruct (then CC has no gradient); returns R².
+
+    Uses the R² the teacher stage recorded, or measures it on the first 1,000 test images for older checkpoints.
+    """
+    from mid_core.checkpoint import load_teacher, read_checkpoint
+    from mid_core.datasets import load_dataset
+    from mid_core.training import decoder_warning, reconstruction_r2
+
+    r2 = read_checkpoint(teacher_path)["metrics"].get("recon_r2")
+    if r2 is None:
+        test = load_dataset(cfg.data.dataset, "test", cfg.data.root, cfg.data.download).subset(1000)
+        r2 = reconstruction_r2(load_teacher(teacher_path), test.images)
+    warning = decoder_warning(float(r2))
+    if warning:
+        print(f"[mid] WARNING: {warning}", flush=True)
+    return float(r2)
+
+
 def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     """Train MID on the config's training pool; returns the deployed checkpoint path.
 
@@ -277,6 +296,8 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     if missing:
         raise ValueError(f"mid.attacks {missing} are not in the training pool {paths.train_pool} (it holds "
                          f"{list(store.attack_names)}); regenerate the pool with them in pool.attacks")
+    if cfg.mid.use_distillation and cfg.mid.use_cc:
+        _warn_if_decoder_collapsed(cfg, paths.model("teacher"))
     init_ray()
     segment_len = cfg.pool.refresh_every or cfg.mid.epochs
     state_dir = paths.root / ("mid_segments" if variant == "mid" else f"mid_segments_{variant}")
