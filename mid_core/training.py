@@ -14,25 +14,30 @@ from torch import nn
 from mid_core.models import Teacher
 
 
-def reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor, kind: str = "l2") -> torch.Tensor:
-    """Mean squared (``'l2'``, default) or mean L1 (``'l1'``, the paper's wording) reconstruction error.
+def reconstruction_loss(reconstruction: torch.Tensor, images: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """Reconstruction error of a sigmoid decoder output against images in [0, 1], averaged over pixels.
 
-    L2 is the default because L1 collapsed the LeNet decoder to a blank image on MNIST (the per-pixel median of
-    mostly-black digits is 0, the sigmoid saturates and never recovers), leaving the cyclic-consistency loss
-    without gradient; see ``reconstruction_r2`` and docs/results.md.
+    ``'bce'`` (default): binary cross-entropy; ``'l2'``: mean squared error; ``'l1'``: mean absolute error (the
+    paper's wording). Measured on MNIST with the classic LeNet (2-3 epochs, 20,000 images): L1 collapsed the decoder
+    to a blank image in every run (R² -0.17), L2 in 3 of 5 seeds, BCE in none of 5 (R² 0.78-0.85). The collapse: on
+    mostly-black digits the sigmoid is pushed towards 0 early, and L1/L2 gradients carry its vanishing derivative;
+    BCE's gradient with respect to the logit is ``sigmoid - x`` and does not vanish. A blank decoder leaves the
+    cyclic-consistency loss without gradient (see ``reconstruction_r2`` and docs/results.md).
     """
-    if kind == "l1":
-        return F.l1_loss(reconstruction, images)
+    if kind == "bce":
+        return F.binary_cross_entropy(reconstruction, images)
     if kind == "l2":
         return F.mse_loss(reconstruction, images)
-    raise ValueError(f"unknown reconstruction loss {kind!r}; use 'l1' or 'l2'")
+    if kind == "l1":
+        return F.l1_loss(reconstruction, images)
+    raise ValueError(f"unknown reconstruction loss {kind!r}; use 'bce', 'l2' or 'l1'")
 
 
 def teacher_epoch(
     teacher: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
-    recon_loss: str = "l2",
+    recon_loss: str = "bce",
     recon_weight: float = 1.0,
 ) -> dict[str, float]:
     """One epoch of CE + ``recon_weight`` * reconstruction. ``teacher`` may be DDP-wrapped.
@@ -84,8 +89,8 @@ def decoder_warning(r2: float) -> str | None:
     if r2 >= DECODER_MIN_R2:
         return None
     return (f"the teacher's decoder reconstructs poorly (R² = {r2:.3f}; 1 = perfect, 0 = a blank image), so the "
-            f"cyclic-consistency loss (CC) will carry almost no gradient. Use teacher.recon_loss: l2 (L1 collapses "
-            f"to a blank image on mostly-black images such as MNIST), train the teacher longer, then delete "
+            f"cyclic-consistency loss (CC) will carry almost no gradient. Use teacher.recon_loss: bce (L1 and L2 "
+            f"can collapse to a blank image on mostly-black images such as MNIST) or another seed, then delete "
             f"models/teacher.pt and the pool stores generated against it and rerun.")
 
 

@@ -50,7 +50,7 @@ class TeacherConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
-    recon_loss: str = "l2"  # l2 | l1 (the paper says L1; it collapsed the MNIST decoder, see mid_core.training)
+    recon_loss: str = "bce"  # bce | l2 | l1 (the paper says L1; L1 and L2 collapsed MNIST decoders, see mid_core.training)
     recon_weight: float = 1.0
     substitute_seed_offset: int = 1000  # the substitute (transfer protocol) model uses seed + offset
     standard_seed_offset: int = 2000  # the separate standard classifier (pool.source: standard)
@@ -253,8 +253,8 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
         raise ConfigError(f"data.dataset {cfg.data.dataset!r} is unknown; choose one of {list(DATASETS)}")
     if cfg.model.backbone not in BACKBONES:
         raise ConfigError(f"model.backbone {cfg.model.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
-    if cfg.teacher.recon_loss not in ("l1", "l2"):
-        raise ConfigError(f"teacher.recon_loss must be 'l1' or 'l2', got {cfg.teacher.recon_loss!r}")
+    if cfg.teacher.recon_loss not in ("bce", "l2", "l1"):
+        raise ConfigError(f"teacher.recon_loss must be 'bce', 'l2' or 'l1', got {cfg.teacher.recon_loss!r}")
     if cfg.pool.source not in ("teacher", "standard"):
         raise ConfigError(f"pool.source must be 'teacher' or 'standard', got {cfg.pool.source!r}")
     if cfg.mid.student_init not in ("teacher", "random"):
