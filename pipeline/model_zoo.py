@@ -25,6 +25,11 @@ from pipeline.paths import ExperimentPaths
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _cell(value: Any) -> str:
+    """An accuracy in percent, or '-' for an attack that row did not run (e.g. a white-box run on a subset)."""
+    return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "-"
+
+
 def export(cfg: ExperimentConfig, models: list[str], dest: Path) -> Path:
     """Copy ``models`` of ``cfg``'s run into ``dest`` and write ``dest/README.md``; returns the README path."""
     from mid_core.checkpoint import read_checkpoint
@@ -56,7 +61,7 @@ def export(cfg: ExperimentConfig, models: list[str], dest: Path) -> Path:
                   + (f" (variant `{model}`: `configs/{cfg.name}/{model}.yaml`)" if (REPO / "configs" / cfg.name / f"{model}.yaml").exists() else ""),
                   "", "| protocol | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
         for r in (r for r in rows if r["model"] == model):
-            lines.append(f"| {r['protocol']} | " + " | ".join(f"{100 * r[a]:.2f}" for a in attacks) + " |")
+            lines.append(f"| {r['protocol']} | " + " | ".join(_cell(r.get(a)) for a in attacks) + " |")
         lines.append("")
     readme = dest / "README.md"
     readme.write_text("\n".join(lines))

@@ -41,3 +41,15 @@ def test_export_refuses_an_unevaluated_run(tmp_path):
     cfg, _ = _run(tmp_path)
     with pytest.raises(FileNotFoundError, match="evaluate.py"):
         export(cfg, ["at"], tmp_path / "zoo")
+
+
+def test_export_marks_attacks_a_row_did_not_run(tmp_path):
+    """A white-box row evaluated on fewer attacks than the config lists gets '-' cells, not a crash."""
+    cfg, _ = _run(tmp_path)
+    cfg = config_from_dict({**cfg.to_dict(), "evaluation": {**cfg.to_dict()["evaluation"], "attacks": ["PGD_N", "AA_N"]}})
+    row = {"protocol": "whitebox", "model": "at", "benign": 0.9876, "PGD_N": 0.5, "average": 0.74, "worst_case": 0.5}
+    (tmp_path / "run" / "evaluation").mkdir()
+    (tmp_path / "run" / "evaluation" / "results.json").write_text(
+        json.dumps({"rows": [row], "test_images": 10000, "slow_attack_images": 100}))
+    text = export(cfg, ["at"], tmp_path / "zoo").read_text()
+    assert "| whitebox | 98.76 | 50.00 | - | 74.00 | 50.00 |" in text
