@@ -54,6 +54,7 @@ class MetaConfig:
     use_meta: bool = True
     distill: bool = True
     temperature: float = 1.0
+    kl_reduction: str = "batchmean"  # or "elementmean" (the official code's nn.KLDivLoss() default); see losses.py
     train_weights: LossWeights = field(default_factory=LossWeights)
     test_weights: LossWeights = field(default_factory=lambda: LossWeights(1.0, 1.0, 1.0))
 
@@ -83,6 +84,7 @@ def _domain_losses(
     weights: LossWeights,
     temperature: float,
     distill: bool = True,
+    kl_reduction: str = "batchmean",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Σ_a L(θ, a) over the given views, all in one forward pass.
 
@@ -99,9 +101,9 @@ def _domain_losses(
         lc = F.cross_entropy(z, y, reduction="sum") / labels.shape[0]
         return weights.lc * lc, {"ac": zero, "cc": zero, "lc": lc.detach()}
     target = teacher_log_p.repeat(k, *([1] * (teacher_log_p.dim() - 1)))
-    ac = adversarial_consistency(target, z, temperature).sum() / labels.shape[0] if weights.ac else zero
+    ac = adversarial_consistency(target, z, temperature, kl_reduction).sum() / labels.shape[0] if weights.ac else zero
     cc = (
-        cyclic_consistency(target, z, teacher.encoder, teacher.decoder, temperature).sum() / labels.shape[0]
+        cyclic_consistency(target, z, teacher.encoder, teacher.decoder, temperature, kl_reduction).sum() / labels.shape[0]
         if weights.cc
         else zero
     )
@@ -162,7 +164,7 @@ def meta_step(
     train_buffers = buffers_copy()
     l_train, terms = _domain_losses(
         student, params, train_buffers, teacher, teacher_log_p,
-        [views[d] for d in train_domains], labels, config.train_weights, config.temperature, config.distill,
+        [views[d] for d in train_domains], labels, config.train_weights, config.temperature, config.distill, config.kl_reduction,
     )
     metrics = {"loss_train": float(l_train.detach()), **{f"{k}_train": float(v) for k, v in terms.items()}}
 
@@ -181,7 +183,7 @@ def meta_step(
 
     l_test, test_terms = _domain_losses(
         student, fast, buffers_copy(), teacher, teacher_log_p,
-        [views[held_out]], labels, config.test_weights, config.temperature, config.distill,
+        [views[held_out]], labels, config.test_weights, config.temperature, config.distill, config.kl_reduction,
     )
     metrics.update({"loss_test": float(l_test.detach()), **{f"{k}_test": float(v) for k, v in test_terms.items()}})
 

@@ -97,6 +97,10 @@ class MidConfig:
     variant: str = "mid"  # name of this MID model: models/<variant>.pt, MLflow run <name>/<variant>, an evaluation row
     attacks: list[str] | None = None  # train on this subset of the pool's attacks (Table 10 leave-one-out); None = all
     temperature: float = 1.0
+    # How AC and CC reduce over feature elements: "batchmean" (true KL summed over channels and positions, DESIGN.md)
+    # or "elementmean" (also divided by the number of feature elements: the official code's nn.KLDivLoss() default,
+    # against which its 1.5 / 0.8 weights were tuned). See mid_core/losses.py and docs/results.md.
+    kl_reduction: str = "batchmean"
     train_weights: LossWeightsConfig = field(default_factory=LossWeightsConfig)
     test_weights: LossWeightsConfig = field(default_factory=lambda: LossWeightsConfig(1.0, 1.0, 1.0))
     student_init: str = "teacher"  # teacher | random
@@ -255,6 +259,9 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
         raise ConfigError(f"model.backbone {cfg.model.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
     if cfg.teacher.recon_loss not in ("bce", "l2", "l1"):
         raise ConfigError(f"teacher.recon_loss must be 'bce', 'l2' or 'l1', got {cfg.teacher.recon_loss!r}")
+    if cfg.mid.kl_reduction not in ("batchmean", "elementmean"):
+        raise ConfigError(f"mid.kl_reduction must be 'batchmean' (true KL, the default) or 'elementmean' (the official "
+                          f"code's nn.KLDivLoss() mean over feature elements), got {cfg.mid.kl_reduction!r}")
     if cfg.pool.source not in ("teacher", "standard"):
         raise ConfigError(f"pool.source must be 'teacher' or 'standard', got {cfg.pool.source!r}")
     if cfg.mid.student_init not in ("teacher", "random"):

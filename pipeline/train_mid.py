@@ -38,7 +38,7 @@ def meta_config(cfg: ExperimentConfig) -> Any:
 
     return MetaConfig(inner_lr=cfg.mid.inner_lr, meta_test_weight=cfg.mid.meta_test_weight, first_order=cfg.mid.first_order,
                       use_meta=cfg.mid.use_meta, distill=cfg.mid.use_distillation, temperature=cfg.mid.temperature,
-                      train_weights=weights(cfg.mid.train_weights), test_weights=weights(cfg.mid.test_weights))
+                      kl_reduction=cfg.mid.kl_reduction, train_weights=weights(cfg.mid.train_weights), test_weights=weights(cfg.mid.test_weights))
 
 
 def method_name(cfg: ExperimentConfig) -> str:

@@ -50,6 +50,14 @@ def test_negative_loss_weight_rejected():
         config_from_dict({"mid": {"train_weights": {"cc": -1}}})
 
 
+def test_unknown_kl_reduction_rejected_and_known_one_reaches_the_meta_step():
+    with pytest.raises(ConfigError, match="mid.kl_reduction must be 'batchmean'.*got 'mean'"):
+        config_from_dict({"mid": {"kl_reduction": "mean"}})
+    from pipeline.train_mid import meta_config
+
+    assert meta_config(config_from_dict({"mid": {"kl_reduction": "elementmean"}})).kl_reduction == "elementmean"
+
+
 def test_unknown_backbone_and_dataset_rejected():
     with pytest.raises(ConfigError, match="model.backbone 'resnet9000' is unknown"):
         config_from_dict({"model": {"backbone": "resnet9000"}})

@@ -135,6 +135,46 @@ def test_kl_terms_are_nonnegative():
     assert (cyclic_consistency(t, z, teacher.encoder, teacher.decoder) >= -1e-7).all()
 
 
+def test_elementmean_ac_is_the_official_codes_kldivloss():
+    # The official code: nn.KLDivLoss()(nn.LogSoftmax()(f_student), nn.Softmax()(f_teacher)), default reduction "mean"
+    teacher, student = make_models()
+    views, _ = make_batch()
+    f_t, z = teacher.encoder(views[BENIGN]), student(views["PGD_N"])
+    with pytest.warns(UserWarning, match="batchmean"):  # PyTorch's own warning about reduction="mean"
+        official = nn.KLDivLoss()(torch.log_softmax(z, dim=1), torch.softmax(f_t, dim=1))
+    ours = adversarial_consistency(feature_log_probs(f_t), z, reduction="elementmean").mean()
+    torch.testing.assert_close(ours, official)
+
+
+def test_elementmean_is_batchmean_over_the_feature_size():
+    teacher, student = make_models()
+    views, _ = make_batch()
+    t = feature_log_probs(teacher.encoder(views[BENIGN]))
+    z = student(views["PGD_N"])
+    for term in (lambda r: adversarial_consistency(t, z, reduction=r),
+                 lambda r: cyclic_consistency(t, z, teacher.encoder, teacher.decoder, reduction=r)):
+        torch.testing.assert_close(term("elementmean") * z[0].numel(), term("batchmean"))
+
+
+def test_meta_step_applies_the_kl_reduction_to_ac_and_cc_only():
+    teacher, student = make_models()
+    views, labels = make_batch()
+    full = meta_step(student, teacher, views, labels, "PGD_N", MetaConfig()).metrics
+    mean = meta_step(student, teacher, views, labels, "PGD_N", MetaConfig(kl_reduction="elementmean")).metrics
+    size = student(views[BENIGN][:1]).numel()
+    assert mean["ac_train"] == pytest.approx(full["ac_train"] / size, rel=1e-5)
+    assert mean["cc_train"] == pytest.approx(full["cc_train"] / size, rel=1e-5)
+    assert mean["lc_train"] == pytest.approx(full["lc_train"], rel=1e-6)
+
+
+def test_unknown_kl_reduction_is_refused():
+    teacher, student = make_models()
+    views, _ = make_batch()
+    t = feature_log_probs(teacher.encoder(views[BENIGN]))
+    with pytest.raises(ValueError, match="KL reduction must be one of"):
+        adversarial_consistency(t, student(views["PGD_N"]), reduction="sum")
+
+
 def test_cyclic_consistency_gradient_reaches_student_through_frozen_decoder():
     teacher, student = make_models()
     views, labels = make_batch()
