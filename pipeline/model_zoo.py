@@ -2,6 +2,7 @@
 
     python -m pipeline.model_zoo --config configs/mnist_classic.yaml            # every evaluated model
     python -m pipeline.model_zoo --config configs/mnist_classic.yaml --models mid at
+    python -m pipeline.model_zoo --config configs/mnist_classic.yaml --results runs/a/evaluation/results.json runs/b/...
 
 Each model is a weights-only checkpoint (with its config and training metrics inside) that
 ``mid_core.load_robust_model(path)`` loads as an images -> logits module. ``models/<experiment>/README.md``
@@ -30,15 +31,38 @@ def _cell(value: Any) -> str:
     return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "-"
 
 
-def export(cfg: ExperimentConfig, models: list[str], dest: Path) -> Path:
-    """Copy ``models`` of ``cfg``'s run into ``dest`` and write ``dest/README.md``; returns the README path."""
+def merge_results(paths: list[Path]) -> dict[str, Any]:
+    """The rows of several ``results.json`` files of one experiment (e.g. protocols evaluated by separate jobs into
+    separate output dirs), in order; a later file's row replaces an earlier one for the same (protocol, model).
+    The files must agree on the number of test images and of slow-attack images, or the cells would not compare."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    sizes: set[tuple[int, int]] = set()
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: run jobs/evaluate.py for that output_dir first")
+        results = json.loads(path.read_text())
+        sizes.add((results["test_images"], results["slow_attack_images"]))
+        for row in results["rows"]:
+            merged[(row["protocol"], row["model"])] = row
+    if len(sizes) > 1:
+        raise ValueError(f"results files disagree on (test images, slow-attack images): {sorted(sizes)}; "
+                         "evaluate every protocol on the same images before merging")
+    test_images, slow_images = sizes.pop()
+    return {"rows": list(merged.values()), "test_images": test_images, "slow_attack_images": slow_images}
+
+
+def export(cfg: ExperimentConfig, models: list[str], dest: Path, results_paths: list[Path] | None = None) -> Path:
+    """Copy ``models`` of ``cfg``'s run into ``dest`` and write ``dest/README.md``; returns the README path.
+
+    ``results_paths``: evaluation results to document (merged by ``merge_results``); default the run's own
+    ``evaluation/results.json``."""
     from mid_core.checkpoint import read_checkpoint
 
     paths = ExperimentPaths.of(cfg)
     results_path = paths.evaluation / "results.json"
-    if not results_path.exists():
+    if not results_paths and not results_path.exists():
         raise FileNotFoundError(f"{results_path} does not exist: run jobs/evaluate.py --config <this config> first")
-    results = json.loads(results_path.read_text())
+    results = merge_results(list(results_paths or [results_path]))
     rows: list[dict[str, Any]] = results["rows"]
     dest.mkdir(parents=True, exist_ok=True)
     lines = [f"# {cfg.name}: {cfg.data.dataset}, backbone {cfg.model.backbone}, L-inf eps {cfg.evaluation.eps}", "",
@@ -73,13 +97,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="the experiment's config, e.g. configs/mnist_classic.yaml")
     p.add_argument("--models", nargs="*", default=None, help="models to export (default: the config's evaluation.models)")
     p.add_argument("--dest", default=None, help="destination folder (default: models/<experiment name>)")
+    p.add_argument("--results", nargs="*", default=None, type=Path,
+                   help="results.json files to merge (later ones win per protocol and model); default: the run's own")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    readme = export(cfg, args.models or list(cfg.evaluation.models), Path(args.dest or REPO / "models" / cfg.name))
+    try:
+        readme = export(cfg, args.models or list(cfg.evaluation.models), Path(args.dest or REPO / "models" / cfg.name),
+                        args.results)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {readme}")
     return 0
 

@@ -53,3 +53,30 @@ def test_export_marks_attacks_a_row_did_not_run(tmp_path):
         json.dumps({"rows": [row], "test_images": 10000, "slow_attack_images": 100}))
     text = export(cfg, ["at"], tmp_path / "zoo").read_text()
     assert "| whitebox | 98.76 | 50.00 | - | 74.00 | 50.00 |" in text
+
+
+def _results(path, rows, test_images=10000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rows": rows, "test_images": test_images, "slow_attack_images": 100}))
+    return path
+
+
+def test_export_merges_protocols_evaluated_into_separate_dirs(tmp_path):
+    cfg, _ = _run(tmp_path)
+    paper = {"protocol": "paper", "model": "at", "benign": 0.9, "PGD_N": 0.8, "average": 0.85, "worst_case": 0.8}
+    old_wb = {"protocol": "whitebox", "model": "at", "benign": 0.9, "PGD_N": 0.7, "average": 0.8, "worst_case": 0.7}
+    new_wb = {**old_wb, "PGD_N": 0.1, "average": 0.5, "worst_case": 0.1}
+    first = _results(tmp_path / "a" / "results.json", [paper, old_wb])
+    second = _results(tmp_path / "b" / "results.json", [new_wb])
+    text = export(cfg, ["at"], tmp_path / "zoo", [first, second]).read_text()
+    assert "| paper | 90.00 | 80.00 |" in text
+    assert "| whitebox | 90.00 | 10.00 |" in text and "| whitebox | 90.00 | 70.00 |" not in text
+
+
+def test_merging_results_of_different_test_sets_is_refused(tmp_path):
+    cfg, _ = _run(tmp_path)
+    row = {"protocol": "paper", "model": "at", "benign": 0.9}
+    first = _results(tmp_path / "a" / "results.json", [row])
+    second = _results(tmp_path / "b" / "results.json", [row], test_images=1000)
+    with pytest.raises(ValueError, match="disagree on"):
+        export(cfg, ["at"], tmp_path / "zoo", [first, second])
