@@ -84,7 +84,8 @@ def export(cfg: ExperimentConfig, models: list[str], dest: Path, results_paths: 
                   f"sha256 `{digest[:16]}…`; trained by `configs/{cfg.name}.yaml`"
                   + (f" (variant `{model}`: `configs/{cfg.name}/{model}.yaml`)" if (REPO / "configs" / cfg.name / f"{model}.yaml").exists() else ""),
                   "", "| protocol | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
-        for r in (r for r in rows if r["model"] == model):
+        order = {"paper": 0, "whitebox": 1, "transfer": 2}
+        for r in sorted((r for r in rows if r["model"] == model), key=lambda r: order.get(r["protocol"], 3)):
             lines.append(f"| {r['protocol']} | " + " | ".join(_cell(r.get(a)) for a in attacks) + " |")
         lines.append("")
     readme = dest / "README.md"

@@ -71,6 +71,7 @@ def test_export_merges_protocols_evaluated_into_separate_dirs(tmp_path):
     text = export(cfg, ["at"], tmp_path / "zoo", [first, second]).read_text()
     assert "| paper | 90.00 | 80.00 |" in text
     assert "| whitebox | 90.00 | 10.00 |" in text and "| whitebox | 90.00 | 70.00 |" not in text
+    assert text.index("| paper |") < text.index("| whitebox |")  # protocols in a fixed order, whatever the files' order
 
 
 def test_merging_results_of_different_test_sets_is_refused(tmp_path):
