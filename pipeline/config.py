@@ -21,6 +21,7 @@ from typing import Any, Mapping, get_type_hints
 import yaml
 
 from mid_core.datasets import DATASETS, check_data_available
+from mid_core.losses import KL_REDUCTIONS
 from mid_core.models import BACKBONES
 
 
@@ -259,7 +260,7 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
         raise ConfigError(f"model.backbone {cfg.model.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
     if cfg.teacher.recon_loss not in ("bce", "l2", "l1"):
         raise ConfigError(f"teacher.recon_loss must be 'bce', 'l2' or 'l1', got {cfg.teacher.recon_loss!r}")
-    if cfg.mid.kl_reduction not in ("batchmean", "elementmean"):
+    if cfg.mid.kl_reduction not in KL_REDUCTIONS:
         raise ConfigError(f"mid.kl_reduction must be 'batchmean' (true KL, the default) or 'elementmean' (the official "
                           f"code's nn.KLDivLoss() mean over feature elements), got {cfg.mid.kl_reduction!r}")
     if cfg.pool.source not in ("teacher", "standard"):

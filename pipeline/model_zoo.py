@@ -24,6 +24,7 @@ from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.paths import ExperimentPaths
 
 REPO = Path(__file__).resolve().parents[1]
+PROTOCOL_ORDER = {"paper": 0, "whitebox": 1, "transfer": 2}  # a model's rows in the README, whatever the files' order
 
 
 def _cell(value: Any) -> str:
@@ -39,7 +40,8 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     sizes: set[tuple[int, int]] = set()
     for path in paths:
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: run jobs/evaluate.py for that output_dir first")
+            raise FileNotFoundError(f"{path} does not exist: run jobs/evaluate.py --config <this config> (with that "
+                                    "output_dir) first")
         results = json.loads(path.read_text())
         sizes.add((results["test_images"], results["slow_attack_images"]))
         for row in results["rows"]:
@@ -59,10 +61,7 @@ def export(cfg: ExperimentConfig, models: list[str], dest: Path, results_paths: 
     from mid_core.checkpoint import read_checkpoint
 
     paths = ExperimentPaths.of(cfg)
-    results_path = paths.evaluation / "results.json"
-    if not results_paths and not results_path.exists():
-        raise FileNotFoundError(f"{results_path} does not exist: run jobs/evaluate.py --config <this config> first")
-    results = merge_results(list(results_paths or [results_path]))
+    results = merge_results(list(results_paths or [paths.evaluation / "results.json"]))
     rows: list[dict[str, Any]] = results["rows"]
     dest.mkdir(parents=True, exist_ok=True)
     lines = [f"# {cfg.name}: {cfg.data.dataset}, backbone {cfg.model.backbone}, L-inf eps {cfg.evaluation.eps}", "",
@@ -84,8 +83,7 @@ def export(cfg: ExperimentConfig, models: list[str], dest: Path, results_paths: 
                   f"sha256 `{digest[:16]}…`; trained by `configs/{cfg.name}.yaml`"
                   + (f" (variant `{model}`: `configs/{cfg.name}/{model}.yaml`)" if (REPO / "configs" / cfg.name / f"{model}.yaml").exists() else ""),
                   "", "| protocol | " + " | ".join(attacks) + " |", "|---|" + "---|" * len(attacks)]
-        order = {"paper": 0, "whitebox": 1, "transfer": 2}
-        for r in sorted((r for r in rows if r["model"] == model), key=lambda r: order.get(r["protocol"], 3)):
+        for r in sorted((r for r in rows if r["model"] == model), key=lambda r: PROTOCOL_ORDER.get(r["protocol"], 3)):
             lines.append(f"| {r['protocol']} | " + " | ".join(_cell(r.get(a)) for a in attacks) + " |")
         lines.append("")
     readme = dest / "README.md"
