@@ -105,6 +105,10 @@ class MidConfig:
     train_weights: LossWeightsConfig = field(default_factory=LossWeightsConfig)
     test_weights: LossWeightsConfig = field(default_factory=lambda: LossWeightsConfig(1.0, 1.0, 1.0))
     student_init: str = "teacher"  # teacher | random
+    # Continue the finished MID variant of this name (same experiment) for more epochs: start from its last training
+    # state (student, optimizer, epoch, step) instead of from the teacher. With Adam at a constant learning rate this
+    # equals training mid.epochs from scratch, minus the epochs already paid for. None = start fresh.
+    continue_from: str | None = None
     num_workers: int = 1
     worker_cpus: float = 0.5
     use_gpu: bool = False  # one GPU per Ray Train worker; gradients all-reduced with NCCL
@@ -267,6 +271,13 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
         raise ConfigError(f"pool.source must be 'teacher' or 'standard', got {cfg.pool.source!r}")
     if cfg.mid.student_init not in ("teacher", "random"):
         raise ConfigError(f"mid.student_init must be 'teacher' or 'random', got {cfg.mid.student_init!r}")
+    if cfg.mid.continue_from is not None:
+        if cfg.mid.continue_from == cfg.mid.variant:
+            raise ConfigError(f"mid.continue_from must name another variant than mid.variant ({cfg.mid.variant!r}); "
+                              "give the longer run its own variant name, e.g. mid.variant: mid_xlong")
+        if cfg.pool.refresh_every:
+            raise ConfigError("mid.continue_from works with a static pool only (pool.refresh_every: 0): a refreshed "
+                              "run continues its own segments already")
     for section, eps in (("pool.eps", cfg.pool.eps), ("evaluation.eps", cfg.evaluation.eps)):
         if not 0 < eps <= 1:
             raise ConfigError(f"{section} must be in (0, 1] (images are in [0, 1]; the paper uses 0.3), got {eps}")

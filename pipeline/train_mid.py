@@ -264,6 +264,39 @@ def _warn_if_decoder_collapsed(cfg: ExperimentConfig, teacher_path: Path) -> flo
     return float(r2)
 
 
+def segments_dir(paths: ExperimentPaths, variant: str) -> Path:
+    """Where MID variant ``variant`` keeps its per-segment training states and deployed models."""
+    return paths.root / ("mid_segments" if variant == "mid" else f"mid_segments_{variant}")
+
+
+def continuation_state(cfg: ExperimentConfig, paths: ExperimentPaths) -> tuple[Path, int]:
+    """The last training state of variant ``mid.continue_from`` and its epoch; raises ``ValueError`` with a fix when
+    that variant was not trained, was trained differently, or already has ``mid.epochs`` epochs."""
+    from mid_core.checkpoint import read_checkpoint
+
+    source = cfg.mid.continue_from
+    assert source is not None
+    states = {int(p.stem.removeprefix("train_state_epoch")): p
+              for p in segments_dir(paths, source).glob("train_state_epoch*.pt")}
+    if not states:
+        raise ValueError(f"mid.continue_from: {source!r} has no training state under {segments_dir(paths, source)}; "
+                         f"train that variant first (jobs/train_mid.py with mid.variant: {source})")
+    epoch = max(states)
+    if epoch >= cfg.mid.epochs:
+        raise ValueError(f"mid.continue_from: {source!r} already has {epoch} epochs; set mid.epochs above {epoch} "
+                         "to train longer")
+    theirs = read_checkpoint(states[epoch].with_name(f"deployed_epoch{epoch}.pt"))["config"]
+    for section, key in (("model", "backbone"), ("mid", "use_distillation"), ("mid", "lr"), ("mid", "batch_size"),
+                         ("mid", "attacks"), ("data", "train_limit"), ("seed", None)):
+        mine = getattr(getattr(cfg, section), key) if key else getattr(cfg, section)
+        other = theirs.get(section, {}).get(key) if key else theirs.get(section)
+        if mine != other:
+            name = f"{section}.{key}" if key else section
+            raise ValueError(f"mid.continue_from: {source!r} was trained with {name} = {other!r}, this config has "
+                             f"{mine!r}; continuing would not equal one longer run. Use the same {name}.")
+    return states[epoch], epoch
+
+
 def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     """Train MID on the config's training pool; returns the deployed checkpoint path.
 
@@ -300,11 +333,15 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
         _warn_if_decoder_collapsed(cfg, paths.model("teacher"))
     init_ray()
     segment_len = cfg.pool.refresh_every or cfg.mid.epochs
-    state_dir = paths.root / ("mid_segments" if variant == "mid" else f"mid_segments_{variant}")
+    state_dir = segments_dir(paths, variant)
+    epoch, init_state = 0, None
+    if cfg.mid.continue_from:
+        init_state, epoch = continuation_state(cfg, paths)
+        print(f"[mid] continuing {cfg.mid.continue_from!r} from epoch {epoch} ({init_state})", flush=True)
     tags = {"pool_id": str(store.attrs.get("pool_id", "")), "pool_refresh_every": str(cfg.pool.refresh_every),
-            "variant": variant, "train_attacks": ",".join(attacks)}
+            "variant": variant, "train_attacks": ",".join(attacks), "continue_from": str(cfg.mid.continue_from or "")}
     with stage_run(cfg, "mid", method=method_name(cfg), extra_tags=tags, key=variant) as run_:
-        epoch, version, init_state, source_fp = 0, 0, None, None
+        version, source_fp = 0, None
         while epoch < cfg.mid.epochs:
             end = min(cfg.mid.epochs, epoch + segment_len)
             store_path = refreshed_pool_path(paths, version, variant)

@@ -145,3 +145,11 @@ def test_adversarial_training_settings_are_checked():
         config_from_dict({"at": {"eps": 3.0}})
     with pytest.raises(ConfigError, match="at.steps"):
         config_from_dict({"at": {"steps": 0}})
+
+
+def test_continue_from_needs_another_variant_and_a_static_pool():
+    with pytest.raises(ConfigError, match="another variant than mid.variant"):
+        config_from_dict({"mid": {"variant": "mid_long", "continue_from": "mid_long"}})
+    with pytest.raises(ConfigError, match="static pool only"):
+        config_from_dict({"mid": {"variant": "mid_long", "continue_from": "mid"}, "pool": {"refresh_every": 1}})
+    assert config_from_dict({"mid": {"variant": "mid_long", "continue_from": "mid"}}).mid.continue_from == "mid"

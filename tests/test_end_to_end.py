@@ -221,6 +221,31 @@ def test_killed_worker_resumes_and_matches_uninterrupted_run(pipeline_run, tmp_p
         assert torch.allclose(v, faulty["state_dict"][k], atol=1e-6), k
 
 
+def test_continuing_a_variant_equals_one_longer_run(pipeline_run, tmp_path):
+    """mid.continue_from: 1 epoch of variant `short`, continued to 2 epochs as `longer`, writes the weights that
+    2 uninterrupted epochs write (constant-lr Adam, the optimizer state travels with the student)."""
+    import torch
+
+    from mid_core.checkpoint import read_checkpoint
+    from pipeline import train_mid
+
+    _, paths, _ = pipeline_run
+    _copy_inputs(paths, tmp_path)
+    base = [f"output_dir={tmp_path}"]
+    train_mid.run(load_config(REPO / "configs" / "tiny_test.yaml", base + ["mid.variant=short", "mid.epochs=1"]))
+    longer = read_checkpoint(train_mid.run(load_config(
+        REPO / "configs" / "tiny_test.yaml", base + ["mid.variant=longer", "mid.epochs=2", "mid.continue_from=short"])))
+    straight = read_checkpoint(train_mid.run(load_config(
+        REPO / "configs" / "tiny_test.yaml", base + ["mid.variant=straight", "mid.epochs=2"])))
+    assert longer["metrics"]["epoch"] == straight["metrics"]["epoch"] == 2
+    assert longer["metrics"]["steps"] == straight["metrics"]["steps"]
+    for k, v in straight["state_dict"].items():
+        assert torch.allclose(v, longer["state_dict"][k], atol=1e-6), k
+    with pytest.raises(ValueError, match="already has 2 epochs"):
+        train_mid.run(load_config(REPO / "configs" / "tiny_test.yaml",
+                                  base + ["mid.variant=again", "mid.epochs=2", "mid.continue_from=longer"]))
+
+
 def test_pool_refresh_regenerates_against_the_deployed_model(pipeline_run, tmp_path):
     from mid_core.checkpoint import read_checkpoint
     from pipeline import train_mid
