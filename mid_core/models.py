@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mid_core.single_channel_conv import SingleChannelConv2d
+from mid_core.single_channel_conv import SingleChannelConv2d, SingleChannelConvTranspose2d
 
 
 class LeNetEncoder(nn.Module):
@@ -72,7 +72,8 @@ class LeNetDecoder(nn.Module):
     """Decoder D, the mirror image of ``LeNetEncoder`` (paper Fig. 6: fully symmetric for LeNet-5).
 
     Maps ``(N, c2, 4, 4)`` back to ``(N, out_channels, 28, 28)`` in [0, 1]. The paper ends with tanh; we
-    use a sigmoid (= tanh rescaled to [0, 1]) because our images live in [0, 1].
+    use a sigmoid (= tanh rescaled to [0, 1]) because our images live in [0, 1]. The last layer is a
+    ``SingleChannelConvTranspose2d`` (an ``nn.ConvTranspose2d`` with a faster exact CPU path into 1-channel images).
     """
 
     def __init__(self, out_channels: int = 1, widths: tuple[int, int] = (32, 64)) -> None:
@@ -83,7 +84,7 @@ class LeNetDecoder(nn.Module):
             nn.ConvTranspose2d(c2, c1, kernel_size=5),
             nn.ReLU(),
             nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.ConvTranspose2d(c1, out_channels, kernel_size=5),
+            SingleChannelConvTranspose2d(c1, out_channels, kernel_size=5),
             nn.Sigmoid(),
         )
 

@@ -6,8 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mid_core.models import LeNetEncoder
-from mid_core.single_channel_conv import SingleChannelConv2d, single_channel_conv2d
+from mid_core.models import LeNetDecoder, LeNetEncoder
+from mid_core.single_channel_conv import (
+    SingleChannelConv2d,
+    SingleChannelConvTranspose2d,
+    single_channel_conv2d,
+    single_channel_conv_transpose2d,
+)
 
 
 def _inputs(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,3 +74,65 @@ def test_encoder_keeps_the_parameter_names_and_function_of_the_plain_lenet() -> 
     plain.load_state_dict({k.removeprefix("features."): v for k, v in enc.state_dict().items()})
     x = torch.rand(5, 1, 28, 28)
     torch.testing.assert_close(enc(x), plain(x))
+
+
+
+def _transpose_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(3, 4, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1, generator=g, dtype=torch.float64, requires_grad=True)
+    return z, w, b
+
+
+def test_transpose_value_equals_conv_transpose2d() -> None:
+    z, w, b = _transpose_inputs()
+    torch.testing.assert_close(single_channel_conv_transpose2d(z, w, b), F.conv_transpose2d(z, w, b))
+
+
+def test_transpose_first_and_second_derivatives_pass_gradcheck() -> None:
+    assert torch.autograd.gradcheck(single_channel_conv_transpose2d, _transpose_inputs())
+    assert torch.autograd.gradgradcheck(single_channel_conv_transpose2d, _transpose_inputs())
+
+
+def test_transpose_double_backward_matches_conv_transpose2d() -> None:
+    """The decoder's last layer in the meta step: the gradient of an input-gradient norm equals PyTorch's."""
+
+    def second_order(op) -> tuple[torch.Tensor, ...]:
+        z, w, b = _transpose_inputs()
+        (gz,) = torch.autograd.grad((op(z, w, b).sigmoid() ** 2).sum(), (z,), create_graph=True)
+        return torch.autograd.grad(gz.square().sum(), (z, w, b), allow_unused=True)
+
+    for ours, ref in zip(second_order(single_channel_conv_transpose2d), second_order(F.conv_transpose2d)):
+        if ref is None:
+            assert ours is None or not ours.abs().any()
+        else:
+            torch.testing.assert_close(ours, ref)
+
+
+def test_transpose_rejects_mismatched_weight_with_clear_message() -> None:
+    with pytest.raises(ValueError, match="C, 1, k, k"):
+        single_channel_conv_transpose2d(torch.rand(2, 3, 8, 8), torch.rand(4, 1, 3, 3))
+
+
+def test_transpose_module_falls_back_where_the_fast_path_does_not_apply() -> None:
+    torch.manual_seed(0)
+    for kwargs in ({"out_channels": 2}, {"out_channels": 1, "padding": 1}, {"out_channels": 1, "stride": 2}):
+        ours = SingleChannelConvTranspose2d(in_channels=4, kernel_size=3, **kwargs)
+        ref = nn.ConvTranspose2d(in_channels=4, kernel_size=3, **kwargs)
+        ref.load_state_dict(ours.state_dict())
+        z = torch.rand(2, 4, 6, 6)
+        torch.testing.assert_close(ours(z), ref(z))
+
+
+def test_decoder_keeps_the_parameter_names_and_function_of_the_plain_one() -> None:
+    """Teacher checkpoints written before the fast last layer load and decode unchanged."""
+    torch.manual_seed(0)
+    dec = LeNetDecoder(1, (6, 16))
+    plain = nn.Sequential(nn.Upsample(scale_factor=2), nn.ConvTranspose2d(16, 6, 5), nn.ReLU(),
+                          nn.Upsample(scale_factor=2), nn.ConvTranspose2d(6, 1, 5), nn.Sigmoid())
+    plain.load_state_dict({k.removeprefix("net."): v for k, v in dec.state_dict().items()})
+    z = torch.rand(5, 16, 4, 4)
+    out = dec(z)
+    assert out.shape == (5, 1, 28, 28)
+    torch.testing.assert_close(out, plain(z))
