@@ -291,27 +291,44 @@ def _plain_layout(model: Any) -> Any:
     return model
 
 
+def _plain_decoder(teacher: Any) -> Any:
+    """A copy of ``teacher`` whose decoder ends in a plain ``nn.ConvTranspose2d`` (bias inside oneDNN's kernel,
+    PyTorch's generic double backward): the layout before ``SingleChannelConvTranspose2d``, same weights."""
+    from torch import nn
+
+    teacher = copy.deepcopy(teacher)
+    last = teacher.decoder.net[4]
+    plain = nn.ConvTranspose2d(last.in_channels, last.out_channels, last.kernel_size)
+    plain.load_state_dict(last.state_dict())
+    plain.requires_grad_(last.weight.requires_grad)
+    teacher.decoder.net[4] = plain
+    return teacher
+
+
 def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int = BATCH) -> dict[str, Any]:
     """In-process levers, interleaved: per config the SO, FO and clean step times on one batch.
 
     ``plain_conv`` is the encoder before the benchmark-1 optimisation (``nn.Conv2d`` conv1, ReLU before pooling),
-    the same function and weights; ``threads1`` uses the current ``LeNetEncoder``.
+    the same function and weights; ``plain_decoder`` the teacher's decoder before its last layer became a
+    ``SingleChannelConvTranspose2d``; ``threads1`` uses the current code.
     """
     views, labels, clean_u8 = _lever_batch(backbone, seed, batch)
     teacher, student, clf = _models(backbone, seed)
     plain = (_plain_layout(teacher), _plain_layout(student), _plain_layout(clf))
+    plain_decoder = (_plain_decoder(teacher), student, clf)
     cl_fmt = torch.channels_last
     teacher_cl = copy.deepcopy(teacher).to(memory_format=cl_fmt)
     configs: dict[str, dict[str, Any]] = {
         "threads1": {"threads": 1},
         "plain_conv": {"threads": 1, "plain": True},
+        "plain_decoder": {"threads": 1, "plain_decoder": True},
         "threads2": {"threads": 2},
         "channels_last": {"threads": 1, "fmt": cl_fmt},
         "bf16_autocast": {"threads": 1, "autocast": True},
     }
     variants: dict[str, Any] = {}
     for name, c in configs.items():
-        t, st, cf = plain if c.get("plain") else (teacher, student, clf)
+        t, st, cf = plain if c.get("plain") else plain_decoder if c.get("plain_decoder") else (teacher, student, clf)
         t = teacher_cl if c.get("fmt") is not None else t
         so = MidVariant(t, st, False, seed, c.get("fmt"), c.get("autocast", False))
         fo = MidVariant(t, st, True, seed, c.get("fmt"), c.get("autocast", False))

@@ -28,6 +28,7 @@ EXPECTED = {
                             "outputs_identical"},
     "generation_scaling": {"ratio", "goal", "speedup_2_vs_1_actors", "speedup_2_vs_1_actors_including_startup",
                            "multinode", "multinode_identical", "stores_1_vs_2_actors_identical"},
+    "transposed_conv": {"seconds", "relative_to_onednn", "max_abs_error", "fastest", "ratio"},
     "end_to_end": {"stages", "total_stage_seconds", "peak_driver_rss_mib", "peak_tree_anon_mib", "config"},
 }
 
@@ -53,6 +54,12 @@ def test_mid_epoch_quick():
     p = run_quick("mid_epoch", timeout=600)
     assert p["ratio_second_order"] > 0 and p["ratio_first_order"] > 0
     assert p["goal_second_order"]["goal"] == "<= 20" and isinstance(p["goal_second_order"]["met"], bool)
+
+
+def test_transposed_conv_quick():
+    p = run_quick("transposed_conv", timeout=300)
+    assert max(p["max_abs_error"].values()) < 1e-3  # every rewrite computes the same op
+    assert p["relative_to_onednn"]["onednn"] == 1.0
 
 
 def test_store_size_quick():
