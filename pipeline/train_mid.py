@@ -331,13 +331,13 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
                          f"{list(store.attack_names)}); regenerate the pool with them in pool.attacks")
     if cfg.mid.use_distillation and cfg.mid.use_cc:
         _warn_if_decoder_collapsed(cfg, paths.model("teacher"))
+    epoch, init_state = 0, None
+    if cfg.mid.continue_from:  # checked before Ray starts, so a bad continuation fails in a second
+        init_state, epoch = continuation_state(cfg, paths)
+        print(f"[mid] continuing {cfg.mid.continue_from!r} from epoch {epoch} ({init_state})", flush=True)
     init_ray()
     segment_len = cfg.pool.refresh_every or cfg.mid.epochs
     state_dir = segments_dir(paths, variant)
-    epoch, init_state = 0, None
-    if cfg.mid.continue_from:
-        init_state, epoch = continuation_state(cfg, paths)
-        print(f"[mid] continuing {cfg.mid.continue_from!r} from epoch {epoch} ({init_state})", flush=True)
     tags = {"pool_id": str(store.attrs.get("pool_id", "")), "pool_refresh_every": str(cfg.pool.refresh_every),
             "variant": variant, "train_attacks": ",".join(attacks), "continue_from": str(cfg.mid.continue_from or "")}
     with stage_run(cfg, "mid", method=method_name(cfg), extra_tags=tags, key=variant) as run_:
