@@ -305,7 +305,8 @@ def _plain_decoder(teacher: Any) -> Any:
     return teacher
 
 
-def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int = BATCH) -> dict[str, Any]:
+def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int = BATCH,
+           only: list[str] | None = None) -> dict[str, Any]:
     """In-process levers, interleaved: per config the SO, FO and clean step times on one batch.
 
     ``plain_conv`` is the encoder before the benchmark-1 optimisation (``nn.Conv2d`` conv1, ReLU before pooling),
@@ -326,6 +327,11 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
         "channels_last": {"threads": 1, "fmt": cl_fmt},
         "bf16_autocast": {"threads": 1, "autocast": True},
     }
+    if only:
+        unknown = sorted(set(only) - set(configs))
+        if unknown:
+            raise SystemExit(f"--levers: unknown {unknown}; choose from {sorted(configs)}")
+        configs = {name: c for name, c in configs.items() if name in only or name == "threads1"}
     variants: dict[str, Any] = {}
     for name, c in configs.items():
         t, st, cf = plain if c.get("plain") else plain_decoder if c.get("plain_decoder") else (teacher, student, clf)
@@ -420,6 +426,8 @@ def main() -> None:
     p.add_argument("--backbones", default=None, help="comma-separated (default: lenet5_classic,lenet5; quick: lenet5_classic)")
     p.add_argument("--rows", type=int, default=None, help="images in the (a) epoch (default 10000; quick 1024)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
+    p.add_argument("--levers", default="", help="comma-separated (c) levers to measure against threads1, e.g. "
+                   "plain_decoder (default: all, plus torch.compile and the allocator)")
     p.add_argument("--lever-child", default=None, help=argparse_hidden())
     p.add_argument("--rounds", type=int, default=3, help=argparse_hidden())
     p.add_argument("--keep-heap", action="store_true", help=argparse_hidden())
@@ -445,9 +453,10 @@ def main() -> None:
     if "c" not in skip:
         for bb in backbones:
             heavy = bb == "lenet5"
-            part_c[bb] = levers(bb, args.seed, rounds=1 if args.quick else (2 if heavy else 4), with_compile=not args.quick,
-                                batch=64 if args.quick else BATCH)
-            if not args.quick:
+            only = list(filter(None, args.levers.split(",")))
+            part_c[bb] = levers(bb, args.seed, rounds=1 if args.quick else (2 if heavy else 4),
+                                with_compile=not args.quick and not only, batch=64 if args.quick else BATCH, only=only)
+            if not args.quick and not only:
                 part_c[bb]["allocator"] = allocator_lever(bb, args.seed, pairs=2, rounds=2 if heavy else 3)
     main_bb = "lenet5_classic" if "lenet5_classic" in part_a else (next(iter(part_a)) if part_a else None)
     so = part_a[main_bb]["ratio_second_order"] if main_bb else None
