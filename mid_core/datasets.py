@@ -6,7 +6,8 @@ multiples of 1/255 (the store keeps 8-bit images, so clean images are 8-bit too)
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, offline), resized to 1x28x28;
   a fixed stratified split (seed 0) gives 1,437 train / 360 test images.
 * ``mnist`` / ``fmnist``: torchvision's MNIST / FashionMNIST read from ``data_root`` with ``download=False``
-  (set ``download=True`` on a machine with network).
+  (set ``download=True`` on a machine with network). A raw folder holding only the official ``.gz`` files (as
+  downloaded, e.g. carried to a machine with little disk) is read directly, without torchvision.
 
 The data root comes from the argument, else the ``MID_DATA_ROOT`` environment variable, else ``./data``.
 """
@@ -59,14 +60,44 @@ def check_data_available(name: str, data_root: str | os.PathLike | None = None) 
         return
     root = resolve_data_root(data_root)
     raw = root / _TORCHVISION_FOLDERS[name] / "raw"
-    needed = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    missing = [f for f in needed if not (raw / f).exists()]
+    missing = [f for f in _IDX_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
     if missing:
         raise FileNotFoundError(
             f"data set {name!r} not found under {root} (missing {raw / missing[0]}). Point data.root in the "
             f"config or ${DATA_ROOT_ENV} at a folder laid out for torchvision "
             f"(<root>/{_TORCHVISION_FOLDERS[name]}/raw/...), or set data.download: true on a machine with network."
         )
+
+
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX file (the MNIST format: big-endian header, then uint8 data) as a uint8 array; ``.gz`` is decompressed.
+
+    Images come out ``(N, H, W)``, labels ``(N,)``. Raises ``ValueError`` for a file that is not uint8 IDX.
+    """
+    import gzip
+
+    path = Path(path)
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not a uint8 IDX file (MNIST format); re-download it")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {body.size} values; re-download it")
+    return body.reshape(shape)
+
+
+def _load_raw_gz(name: str, split: str, data_root: str | os.PathLike | None) -> ImageData:
+    """MNIST / FashionMNIST read from the official ``.gz`` IDX files alone (no uncompressed copies needed)."""
+    raw = resolve_data_root(data_root) / _TORCHVISION_FOLDERS[name] / "raw"
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(raw / f"{prefix}-images-idx3-ubyte.gz")[:, None, :, :]
+    labels = read_idx(raw / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
+    return ImageData(_to_unit_range_u8(images), torch.from_numpy(labels), name, split)
 
 
 def _to_unit_range_u8(images_u8: np.ndarray) -> torch.Tensor:
@@ -94,6 +125,9 @@ def load_torchvision(name: str, split: str, data_root: str | os.PathLike | None,
 
     if not download:
         check_data_available(name, data_root)
+        raw = resolve_data_root(data_root) / _TORCHVISION_FOLDERS[name] / "raw"
+        if not all((raw / f).exists() for f in _IDX_FILES):  # only the .gz files: torchvision would not read them
+            return _load_raw_gz(name, split, data_root)
     cls = MNIST if name == "mnist" else FashionMNIST
     ds = cls(str(resolve_data_root(data_root)), train=(split == "train"), download=download)
     images = ds.data.numpy()[:, None, :, :]  # (N, 1, 28, 28) uint8

@@ -1,0 +1,110 @@
+"""scripts/headline_direct.py: the whole experiment without Ray, Zarr or MLflow (the lent GPU machine has none)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mid_core import load_robust_model
+from mid_core.datasets import load_dataset
+from mid_core.evaluation import accuracy
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Runs the script with ray, zarr and mlflow made unimportable, as on a machine where they are not installed.
+_WITHOUT_PIPELINE_STACK = (
+    "import runpy, sys\n"
+    "for m in ('ray', 'zarr', 'mlflow'):\n"
+    "    sys.modules[m] = None\n"
+    "sys.argv = ['headline_direct.py'] + sys.argv[1:]\n"
+    "runpy.run_path(%r, run_name='__main__')\n" % str(REPO / "scripts" / "headline_direct.py")
+)
+
+
+def _tiny_experiment(root: Path) -> Path:
+    """A digits config and its mid_refresh variant file, laid out as configs/<name>.yaml + configs/<name>/."""
+    (root / "tiny").mkdir()
+    (root / "tiny.yaml").write_text(
+        "name: tiny\nseed: 0\noutput_dir: unused\ndata:\n  dataset: digits\nmodel:\n  backbone: lenet_tiny\n"
+        "teacher:\n  epochs: 2\n  batch_size: 64\n  lr: 0.003\n"
+        "at:\n  epochs: 1\n  batch_size: 128\n  steps: 5\n  step_size: 0.08\n"
+        "pool:\n  attacks: [PGD_N, MIM_T]\n  steps: 5\n  step_size: 0.08\n  batch_size: 512\n"
+        "mid:\n  epochs: 2\n  batch_size: 128\n  lr: 0.003\n"
+        "evaluation:\n  attacks: [PGD_N, MIM_T, FGSM_N]\n  steps: 5\n  step_size: 0.08\n  limit: 96\n"
+        "  batch_size: 512\n  verdict_pgd_restarts: 2\n  verdict_pgd_steps: 5\n")
+    (root / "tiny" / "mid_refresh.yaml").write_text(
+        "base: ../tiny.yaml\npool:\n  refresh_every: 1\nmid:\n  variant: mid_refresh\n")
+    return root / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def headline_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("headline")
+    config, out = _tiny_experiment(root), root / "out"
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_PIPELINE_STACK, "--config", str(config), "--out", str(out),
+                           "--budget-s", "600", "--eval-reserve-s", "60", "--bench-repeats", "2", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=900, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text()), proc.stdout
+
+
+def test_runs_without_ray_zarr_or_mlflow_and_writes_every_protocol_row(headline_run):
+    _, results, _ = headline_run
+    rows = {(r["protocol"], r["model"]) for r in results["rows"]}
+    models = ["teacher", "mid", "mid_refresh", "at"]
+    assert rows == {(p, m) for p in ("paper", "transfer", "whitebox") for m in models}
+    assert results["test_images"] == 96 and results["skipped"] == []
+
+
+def test_whitebox_robust_accuracy_never_exceeds_clean(headline_run):
+    _, results, _ = headline_run
+    for row in (r for r in results["rows"] if r["protocol"] == "whitebox"):
+        for column in ("PGD_N", "MIM_T", "FGSM_N", "AA_N"):
+            assert row.get(column, 0.0) <= row["benign"], (row["model"], column)
+        assert row["verdict"]["per_sample_worst_case"] <= row["verdict"]["pgd_restarts"] <= row["benign"]
+
+
+def test_checkpoints_load_and_score_what_the_rows_claim(headline_run):
+    out, results, _ = headline_run
+    test = load_dataset("digits", "test").subset(96)
+    for row in (r for r in results["rows"] if r["protocol"] == "paper"):
+        model = load_robust_model(out / f"{row['model']}.pt")
+        assert accuracy(model, test.images, test.labels) == pytest.approx(row["benign"], abs=1e-6), row["model"]
+
+
+def test_refresh_regenerates_the_pool_against_the_student(headline_run):
+    _, results, _ = headline_run
+    refreshed, static = results["training"]["mid_refresh"], results["training"]["mid"]
+    assert [r["epoch"] for r in refreshed["refreshes"]] == [1]  # after epoch 1 of 2; none after the last
+    assert set(refreshed["refreshes"][0]["success_rate"]) == {"PGD_N", "MIM_T"}
+    assert static["refreshes"] == []
+    assert refreshed["epochs_completed"] == static["epochs_completed"] == 2
+
+
+def test_records_stage_times_and_the_step_benchmark(headline_run):
+    _, results, stdout = headline_run
+    for stage in ("teacher", "substitute", "pool", "paper_test_set", "transfer_test_set", "mid", "mid_refresh", "at"):
+        assert results["stages"][stage]["seconds"] > 0, stage
+    steps = results["benchmarks"]["steps"]
+    assert steps["ratio_1b_online_vs_stored"] > 1.0  # generating the attacks each step costs more than reading them
+    assert "done in" in stdout
+
+
+def test_epoch_budget_rule():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from headline_direct import epoch_fits
+
+    assert epoch_fits(0, 0.0, 0.0)  # the first epoch always runs
+    assert epoch_fits(2, 20.0, 30.0)  # 2 epochs took 20 s: a third (10 s) fits in 30 s
+    assert not epoch_fits(2, 20.0, 29.0)
+
+
+def test_unknown_variant_fails_with_the_expected_path(tmp_path):
+    config = _tiny_experiment(tmp_path)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "headline_direct.py"), "--config", str(config),
+                           "--out", str(tmp_path / "out"), "--variants", "mid_nope"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "mid_nope" in proc.stderr and "tiny/mid_nope.yaml" in proc.stderr
