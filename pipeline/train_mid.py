@@ -7,9 +7,10 @@ its gradients by hand after the step, so every worker applies the same update an
 identical parameters (``mid.verify_sync: true`` checks that after every step). The held-out attack of a step
 is a function of (seed, step), identical on every worker.
 
-Reports and checkpoints every epoch (student, optimizer, epoch, step); a restarted run resumes from the
-latest checkpoint. The deployed model (E_s then C_t) is written to ``<output_dir>/models/<mid.variant>.pt``
-(``mid.pt`` by default); ablation variants (``mid.variant``) share the teacher and the pool of one output_dir.
+Reports and checkpoints every epoch (student, optimizer, epoch, step, teacher fingerprint); a restarted run
+resumes from the latest checkpoint. The deployed model (E_s then C_t) is written to
+``<output_dir>/models/<mid.variant>.pt`` (``mid.pt`` by default); ablation variants (``mid.variant``) share the
+teacher and the pool of one output_dir.
 """
 from __future__ import annotations
 
@@ -177,8 +178,10 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
+                # teacher_fingerprint: which teacher this state was trained against (checked by mid.continue_from)
                 torch.save({"student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                            "epoch": epoch + 1, "step": step}, Path(d) / "train_state.pt")
+                            "epoch": epoch + 1, "step": step,
+                            "teacher_fingerprint": loop_config.get("teacher_fingerprint")}, Path(d) / "train_state.pt")
                 save_checkpoint(Path(d) / "deployed.pt", deployed, kind="deployed", backbone=cfg.model.backbone,
                                 config=cfg.to_dict(), metrics=metrics, in_channels=validation.images.shape[1])
                 ckpt = ray.train.Checkpoint.from_directory(d)
@@ -198,7 +201,7 @@ def _open_training_store(cfg: ExperimentConfig, path: Path, teacher_fp: str, sou
 
 
 def _fit_segment(cfg: ExperimentConfig, paths: ExperimentPaths, store_path: Path, attacks: list[str], name: str,
-                 end_epoch: int, init_state: Path | None, pool_version: int, run_id: str) -> Any:
+                 end_epoch: int, init_state: Path | None, pool_version: int, run_id: str, teacher_fp: str) -> Any:
     """One Ray Train run over epochs [previous end, end_epoch) on one pool version."""
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -212,7 +215,8 @@ def _fit_segment(cfg: ExperimentConfig, paths: ExperimentPaths, store_path: Path
     dataset = read_store(str(store_path)).randomize_block_order(seed=cfg.seed + pool_version)
     trainer = TorchTrainer(
         _mid_worker,
-        train_loop_config={"config": cfg.to_dict(), "teacher_checkpoint": str(paths.model("teacher")), "attacks": attacks,
+        train_loop_config={"config": cfg.to_dict(), "teacher_checkpoint": str(paths.model("teacher")),
+                           "teacher_fingerprint": teacher_fp, "attacks": attacks,
                            "tracking_uri": cfg.tracking_uri(), "run_id": run_id, "end_epoch": end_epoch,
                            "init_state": str(init_state) if init_state else None, "pool_version": pool_version},
         scaling_config=scaling, torch_config=torch_config,
@@ -269,9 +273,11 @@ def segments_dir(paths: ExperimentPaths, variant: str) -> Path:
     return paths.root / ("mid_segments" if variant == "mid" else f"mid_segments_{variant}")
 
 
-def continuation_state(cfg: ExperimentConfig, paths: ExperimentPaths) -> tuple[Path, int]:
+def continuation_state(cfg: ExperimentConfig, paths: ExperimentPaths, teacher_fp: str | None = None) -> tuple[Path, int]:
     """The last training state of variant ``mid.continue_from`` and its epoch; raises ``ValueError`` with a fix when
-    that variant was not trained, was trained differently, or already has ``mid.epochs`` epochs."""
+    that variant was not trained, was trained differently (settings or teacher), or already has ``mid.epochs`` epochs.
+
+    ``teacher_fp`` is the fingerprint of the teacher in use (computed from ``models/teacher.pt`` when not given)."""
     from mid_core.checkpoint import read_checkpoint
 
     source = cfg.mid.continue_from
@@ -294,6 +300,21 @@ def continuation_state(cfg: ExperimentConfig, paths: ExperimentPaths) -> tuple[P
             name = f"{section}.{key}" if key else section
             raise ValueError(f"mid.continue_from: {source!r} was trained with {name} = {other!r}, this config has "
                              f"{mine!r}; continuing would not equal one longer run. Use the same {name}.")
+    # The training state records the fingerprint of the teacher it was trained against. States written before that
+    # key existed cannot be checked: the check is skipped with a warning (not refused, so finished runs stay usable).
+    theirs_fp = torch.load(states[epoch], map_location="cpu", weights_only=True).get("teacher_fingerprint")
+    if theirs_fp is None:
+        print(f"[mid] WARNING: mid.continue_from: {states[epoch]} records no teacher fingerprint (written by an older "
+              "version); cannot check it was trained with the teacher in use", flush=True)
+    else:
+        if teacher_fp is None:
+            from pipeline.generation import checkpoint_fingerprint
+
+            teacher_fp = checkpoint_fingerprint(paths.model("teacher"))
+        if theirs_fp != teacher_fp:
+            raise ValueError(f"mid.continue_from: {source!r} was trained with teacher {theirs_fp[:12]}, the teacher in use "
+                             f"({paths.model('teacher')}) is {teacher_fp[:12]}; continuing would not equal one longer "
+                             f"run. Retrain {source!r} with this teacher, or restore the teacher it was trained with.")
     return states[epoch], epoch
 
 
@@ -333,7 +354,7 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
         _warn_if_decoder_collapsed(cfg, paths.model("teacher"))
     epoch, init_state = 0, None
     if cfg.mid.continue_from:  # checked before Ray starts, so a bad continuation fails in a second
-        init_state, epoch = continuation_state(cfg, paths)
+        init_state, epoch = continuation_state(cfg, paths, teacher_fp)
         print(f"[mid] continuing {cfg.mid.continue_from!r} from epoch {epoch} ({init_state})", flush=True)
     init_ray()
     segment_len = cfg.pool.refresh_every or cfg.mid.epochs
@@ -348,7 +369,8 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
             if version > 0:
                 _open_training_store(cfg, store_path, teacher_fp, source_fp)
             name = base_name if not cfg.pool.refresh_every else f"{base_name}-seg{version}"
-            checkpoint = _fit_segment(cfg, paths, store_path, attacks, name, end, init_state, version, run_.info.run_id)
+            checkpoint = _fit_segment(cfg, paths, store_path, attacks, name, end, init_state, version, run_.info.run_id,
+                                      teacher_fp)
             with checkpoint.as_directory() as d:
                 init_state = state_dir / f"train_state_epoch{end}.pt"
                 _copy_atomic(Path(d) / "train_state.pt", init_state)

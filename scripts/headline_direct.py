@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:  # run as a script from any directory
     sys.path.insert(0, str(REPO))
 
 from mid_core.attacks import AttackSpec, run_attack  # noqa: E402
-from mid_core.checkpoint import save_checkpoint  # noqa: E402
+from mid_core.checkpoint import load_teacher, save_checkpoint  # noqa: E402
 from mid_core.datasets import NUM_CLASSES, ImageData, load_dataset  # noqa: E402
 from mid_core.evaluation import accuracy, evaluate_attack, run_sanity_checks, summarize_row  # noqa: E402
 from mid_core.meta_step import BENIGN, apply_grads, draw_held_out, meta_step  # noqa: E402
@@ -162,24 +162,60 @@ def epoch_fits(epochs_done: int, used_s: float, cap_s: float) -> bool:
     return epochs_done == 0 or used_s + used_s / epochs_done <= cap_s
 
 
+def load_student_state(path: Path, teacher: Teacher) -> tuple[dict[str, torch.Tensor], int, int]:
+    """The student encoder weights, epochs and steps of a deployed MID checkpoint written by this script, checked to
+    sit on ``teacher``'s head (a MID model deploys E_s then the frozen C_t, so a different head means another teacher)."""
+    from mid_core.checkpoint import read_checkpoint
+
+    payload = read_checkpoint(path)
+    if payload["kind"] != "deployed":
+        raise ValueError(f"{path} is a {payload['kind']!r} checkpoint; --init-from needs a deployed MID model")
+    state = payload["state_dict"]
+    head = {k[len("classifier."):]: v for k, v in state.items() if k.startswith("classifier.")}
+    mine = teacher.classifier.state_dict()
+    if head.keys() != mine.keys() or any(not torch.equal(head[k].cpu(), mine[k].cpu()) for k in head):
+        raise ValueError(f"{path} was trained with another teacher (its classifier head differs from --teacher's); "
+                         "pass the teacher it was trained with")
+    metrics = payload.get("metrics", {})
+    if "epochs_completed" not in metrics or "steps" not in metrics:
+        raise ValueError(f"{path} records no epochs_completed/steps: --init-from takes checkpoints of this script only")
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    return encoder, int(metrics["epochs_completed"]), int(metrics["steps"])
+
+
 def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, torch.Tensor], labels: torch.Tensor,
                       test: ImageData, cap_s: float, device: torch.device,
-                      regenerate: Callable[[torch.nn.Module, int], dict[str, torch.Tensor]]) -> tuple[torch.nn.Module, dict[str, Any]]:
+                      regenerate: Callable[[torch.nn.Module, int], dict[str, torch.Tensor]],
+                      init: Path | None = None,
+                      on_epoch: Callable[[torch.nn.Module, dict[str, Any]], None] | None = None,
+                      ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """MID on an in-memory pool (``pool``: ``BENIGN`` and each attack -> uint8 ``(N, C, H, W)``), as the Ray worker
     does: Adam, one meta step per batch, held-out domain ``draw_held_out(domains, seed, step)``; with
-    ``pool.refresh_every`` = K the attack views are replaced by ``regenerate(deployed, epoch)`` every K epochs."""
+    ``pool.refresh_every`` = K the attack views are replaced by ``regenerate(deployed, epoch)`` every K epochs
+    (not after the last epoch that will run).
+
+    ``init``: a deployed checkpoint of this script to continue from (student weights, epoch and step numbering;
+    the Adam state starts fresh, so this is not exactly one longer run, and the info says so).
+    ``on_epoch(deployed, info)`` runs after every epoch (e.g. to checkpoint and score the model)."""
     torch.manual_seed(cfg.seed)
     student = student_from_teacher(teacher, cfg.mid.student_init).to(device)
+    start_epoch, step = 0, 0
+    if init is not None:
+        weights, start_epoch, step = load_student_state(init, teacher)
+        student.load_state_dict(weights)
     deployed = DeployedModel(student, teacher.classifier)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.mid.lr)
     mcfg = meta_config(cfg)
     attacks = [a for a in pool if a != BENIGN]
     domains = [BENIGN, *attacks]
     n, b = labels.shape[0], cfg.mid.batch_size
-    step, used, history, refreshes = 0, 0.0, [], []
+    used, history, refreshes = 0.0, [], []
+    info: dict[str, Any] = {"epochs_planned": cfg.mid.epochs, "history": history, "refreshes": refreshes,
+                            "init_from": str(init) if init else None, "start_epoch": start_epoch,
+                            "optimizer_state": "fresh Adam at start_epoch" if init else "from scratch"}
     validation = test.subset(cfg.evaluation.limit or 1000)
-    for epoch in range(cfg.mid.epochs):
-        if not epoch_fits(epoch, used, cap_s):
+    for epoch in range(start_epoch, cfg.mid.epochs):
+        if not epoch_fits(epoch - start_epoch, used, cap_s):
             break
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch * 7919)).to(device)
@@ -201,7 +237,10 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
         student.train()
         sync(device)
         metrics["epoch_seconds"] = time.perf_counter() - t0
-        next_epoch_runs = epoch + 1 < cfg.mid.epochs and epoch_fits(epoch + 1, used + metrics["epoch_seconds"], cap_s)
+        # refresh only for an epoch that will run: this epoch, plus a refresh as long as the last one, must fit
+        last_refresh = refreshes[-1]["seconds"] if refreshes else 0.0
+        next_epoch_runs = epoch + 1 < cfg.mid.epochs and epoch_fits(epoch + 1 - start_epoch,
+                                                                    used + metrics["epoch_seconds"] + last_refresh, cap_s)
         if cfg.pool.refresh_every and (epoch + 1) % cfg.pool.refresh_every == 0 and next_epoch_runs:
             t1 = time.perf_counter()
             fresh = regenerate(deployed, epoch + 1)
@@ -212,12 +251,19 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
             student.train()
             metrics["refresh_seconds"] = refreshes[-1]["seconds"]
         used += time.perf_counter() - t0
+        metrics["epoch"] = epoch + 1
         history.append(metrics)
+        info.update(epochs_completed=epoch + 1, steps=step, seconds=used)
         log(f"{cfg.mid.variant} epoch {epoch + 1}/{cfg.mid.epochs} loss={metrics.get('loss_total', float('nan')):.4f} "
             f"val_clean={metrics['val_clean_accuracy']:.4f} ({metrics['epoch_seconds']:.1f}s"
             + (f" + refresh {metrics['refresh_seconds']:.1f}s" if "refresh_seconds" in metrics else "") + f", {batches} steps)")
-    return deployed, {"epochs_completed": len(history), "epochs_planned": cfg.mid.epochs, "steps": step,
-                      "seconds": used, "history": history, "refreshes": refreshes}
+        if on_epoch is not None:
+            on_epoch(deployed, info)
+            student.train()
+    info.setdefault("epochs_completed", start_epoch)
+    info.setdefault("steps", step)
+    info.setdefault("seconds", used)
+    return deployed, info
 
 
 def train_at(cfg: ExperimentConfig, train: ImageData, test: ImageData, cap_s: float,
@@ -403,6 +449,24 @@ def variant_config(base_path: Path, cfg: ExperimentConfig, variant: str, overrid
     return cfg
 
 
+def parse_inits(items: list[str], mid_variants: list[str], teacher: Path | None) -> dict[str, Path]:
+    """``VARIANT=PATH`` options -> {variant: checkpoint}; each variant must be trained in this run, the file must
+    exist, and the teacher it was trained with must be given (``--teacher``)."""
+    inits = {}
+    for item in items:
+        variant, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--init-from takes VARIANT=PATH, got {item!r}")
+        if variant not in mid_variants:
+            raise ValueError(f"--init-from {variant!r}: not a MID variant of this run ({mid_variants})")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"--init-from {variant}: {path} does not exist")
+        inits[variant] = Path(path)
+    if inits and teacher is None:
+        raise ValueError("--init-from needs --teacher (the teacher the checkpoint was trained with)")
+    return inits
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, type=Path, help="experiment config, e.g. configs/mnist_lenet5_gpu.yaml")
@@ -413,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-reserve-s", type=float, default=170.0, help="part of the budget kept for evaluation")
     p.add_argument("--bench-repeats", type=int, default=30, help="timed steps per kind in the step benchmark (0: skip)")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--teacher", type=Path, default=None, help="load this teacher checkpoint instead of training one")
+    p.add_argument("--substitute", type=Path, default=None, help="load this substitute instead of training one")
+    p.add_argument("--init-from", action="append", default=[], metavar="VARIANT=PATH",
+                   help="continue MID variant VARIANT from a deployed checkpoint of this script (needs --teacher)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to the base config and every variant, e.g. --set mid.epochs=2")
     args = p.parse_args(argv)
@@ -421,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         mid_variants = [v for v in args.variants if v != "at"]
         variant_cfgs = {v: variant_config(args.config, cfg, v, args.overrides) for v in mid_variants}
-    except (ConfigError, FileNotFoundError) as exc:
+        inits = parse_inits(args.init_from, mid_variants, args.teacher)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -444,20 +513,31 @@ def main(argv: list[str] | None = None) -> int:
                         metrics={k_: v for k_, v in metrics.items() if k_ != "history"}, in_channels=train.images.shape[1],
                         num_classes=k)
 
-    # 1. teacher and substitute
-    t0 = time.perf_counter()
-    teacher, info = train_teacher_like(cfg, cfg.seed, train, test, device)
-    teacher.freeze()
-    save("teacher", teacher, "teacher", cfg, {**info, "seed": cfg.seed})
-    results.data["training"]["teacher"] = info
-    results.stage("teacher", time.perf_counter() - t0, recon_r2=info["recon_r2"], test_accuracy=info["test_accuracy"])
-    t0 = time.perf_counter()
-    substitute, info = train_teacher_like(cfg, cfg.seed + cfg.teacher.substitute_seed_offset, train, test, device)
-    substitute.freeze()
-    save("substitute", substitute, "teacher", cfg, {**info, "seed": cfg.seed + cfg.teacher.substitute_seed_offset})
-    results.data["training"]["substitute"] = info
-    results.stage("substitute", time.perf_counter() - t0, test_accuracy=info["test_accuracy"])
-    teacher_clf, substitute_clf = classifier_of(teacher), classifier_of(substitute)
+    # 1. teacher and substitute (trained, or loaded with --teacher / --substitute)
+    def teacher_like(role: str, seed: int, given: Path | None) -> Teacher:
+        t0 = time.perf_counter()
+        if given is not None:
+            model = load_teacher(given).to(device).freeze()
+            results.stage(role, time.perf_counter() - t0, loaded_from=str(given),
+                          test_accuracy=accuracy(classifier_of(model), test.images, test.labels, 10_000))
+            return model
+        model, info = train_teacher_like(cfg, seed, train, test, device)
+        model.freeze()
+        save(role, model, "teacher", cfg, {**info, "seed": seed})
+        results.data["training"][role] = info
+        results.stage(role, time.perf_counter() - t0, recon_r2=info["recon_r2"], test_accuracy=info["test_accuracy"])
+        return model
+
+    teacher = teacher_like("teacher", cfg.seed, args.teacher)
+    try:  # a continuation of a checkpoint trained with another teacher fails now, not after the pools are built
+        for path in inits.values():
+            load_student_state(path, teacher)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    substitute = teacher_like("substitute", cfg.seed + cfg.teacher.substitute_seed_offset, args.substitute) \
+        if "transfer" in cfg.evaluation.protocols else None
+    teacher_clf = classifier_of(teacher)
 
     # 2. training pool against the teacher
     t0 = time.perf_counter()
@@ -476,9 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     eval_specs = attack_specs(ev.attacks, ev.eps, ev.steps, ev.step_size)
     slow_n = min(ev.slow_attack_limit, len(test))
     fixed: dict[str, dict[str, torch.Tensor]] = {}
-    for protocol, source, quantize in (("paper", teacher_clf, True), ("transfer", substitute_clf, False)):
+    for protocol, source, quantize in (("paper", teacher, True), ("transfer", substitute, False)):
         if protocol not in ev.protocols:
             continue
+        source = classifier_of(source)
         t0 = time.perf_counter()
         fixed[protocol] = {}
         for index, (name, spec) in enumerate(eval_specs.items()):
@@ -520,8 +601,20 @@ def main(argv: list[str] | None = None) -> int:
                 return attack_views(deployed, train.images, train.labels, vspecs, vcfg.seed + epoch,
                                     vcfg.pool.batch_size, True, k)
 
-            model, info = train_mid_variant(vcfg, teacher, pool, train.labels, test, cap, device, regenerate)
-            save(variant, model, "deployed", vcfg, {**info, "seed": vcfg.seed})
+            def on_epoch(deployed: torch.nn.Module, info: dict[str, Any], variant: str = variant,
+                         vcfg: ExperimentConfig = vcfg) -> None:
+                """Checkpoint after every epoch (a run stopped at its limit keeps it) and record the fixed-set curve."""
+                save(variant, deployed, "deployed", vcfg, {**info, "seed": vcfg.seed})
+                point = {"epoch": info["epochs_completed"]}
+                for protocol, adversarial in fixed.items():
+                    row = fixed_rows(protocol, "", {variant: deployed}, adversarial, test, ev.batch_size)[0]
+                    point[protocol] = {"benign": row["benign"], "average": row["average"], "worst_case": row["worst_case"]}
+                info.setdefault("curve", []).append(point)
+                results.data["training"][variant] = info
+                results.write()
+
+            model, info = train_mid_variant(vcfg, teacher, pool, train.labels, test, cap, device, regenerate,
+                                            init=inits.get(variant), on_epoch=on_epoch)
         info["cap_seconds"] = cap
         models[variant] = model
         results.data["training"][variant] = info

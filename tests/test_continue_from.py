@@ -20,14 +20,16 @@ def _config(tmp_path: Path, *overrides: str):
                        [f"output_dir={tmp_path}", "mid.variant=longer", "mid.continue_from=short", *overrides])
 
 
-def _finished_short_run(tmp_path: Path, epochs: int, *overrides: str) -> Path:
-    """What train_mid leaves for variant `short` after `epochs` epochs: a training state and its deployed model."""
+def _finished_short_run(tmp_path: Path, epochs: int, *overrides: str, teacher_fp: str | None = None) -> Path:
+    """What train_mid leaves for variant `short` after `epochs` epochs: a training state and its deployed model
+    (a state without `teacher_fingerprint`, as older versions wrote, unless `teacher_fp` is given)."""
     short = load_config(REPO / "configs" / "tiny_test.yaml", [f"output_dir={tmp_path}", "mid.variant=short",
                                                                f"mid.epochs={epochs}", *overrides])
     d = segments_dir(ExperimentPaths.of(short), "short")
     d.mkdir(parents=True)
     state = d / f"train_state_epoch{epochs}.pt"
-    torch.save({"student": {}, "optimizer": {}, "epoch": epochs, "step": 7 * epochs}, state)
+    extra = {"teacher_fingerprint": teacher_fp} if teacher_fp else {}
+    torch.save({"student": {}, "optimizer": {}, "epoch": epochs, "step": 7 * epochs, **extra}, state)
     save_checkpoint(d / f"deployed_epoch{epochs}.pt", nn.Linear(2, 2), kind="deployed",
                     backbone=short.model.backbone, config=short.to_dict())
     return state
@@ -57,3 +59,35 @@ def test_a_different_training_setting_is_refused(tmp_path, changed):
     cfg = _config(tmp_path, "mid.epochs=2", changed)
     with pytest.raises(ValueError, match="would not equal one longer run"):
         continuation_state(cfg, ExperimentPaths.of(cfg))
+
+
+def test_a_different_teacher_is_refused(tmp_path):
+    _finished_short_run(tmp_path, 1, teacher_fp="a" * 64)
+    cfg = _config(tmp_path, "mid.epochs=2")
+    with pytest.raises(ValueError, match="was trained with teacher aaaaaaaaaaaa.*restore the teacher it was trained with"):
+        continuation_state(cfg, ExperimentPaths.of(cfg), "b" * 64)
+
+
+def test_the_same_teacher_is_accepted(tmp_path):
+    state = _finished_short_run(tmp_path, 1, teacher_fp="a" * 64)
+    cfg = _config(tmp_path, "mid.epochs=2")
+    assert continuation_state(cfg, ExperimentPaths.of(cfg), "a" * 64) == (state, 1)
+
+
+def test_the_teacher_in_use_is_read_from_the_output_dir(tmp_path):
+    from pipeline.generation import checkpoint_fingerprint
+
+    cfg = _config(tmp_path, "mid.epochs=2")
+    teacher = ExperimentPaths.of(cfg).model("teacher")
+    save_checkpoint(teacher, nn.Linear(2, 2), kind="teacher", backbone=cfg.model.backbone)
+    _finished_short_run(tmp_path, 1, teacher_fp=checkpoint_fingerprint(teacher))
+    save_checkpoint(teacher, nn.Linear(3, 3), kind="teacher", backbone=cfg.model.backbone)  # retrained since
+    with pytest.raises(ValueError, match="Retrain 'short' with this teacher"):
+        continuation_state(cfg, ExperimentPaths.of(cfg))
+
+
+def test_an_old_state_without_teacher_fingerprint_is_accepted_with_a_warning(tmp_path, capsys):
+    state = _finished_short_run(tmp_path, 1)
+    cfg = _config(tmp_path, "mid.epochs=2")
+    assert continuation_state(cfg, ExperimentPaths.of(cfg), "b" * 64) == (state, 1)
+    assert "records no teacher fingerprint" in capsys.readouterr().out

@@ -108,3 +108,36 @@ def test_unknown_variant_fails_with_the_expected_path(tmp_path):
                            "--out", str(tmp_path / "out"), "--variants", "mid_nope"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "mid_nope" in proc.stderr and "tiny/mid_nope.yaml" in proc.stderr
+
+
+def test_each_epoch_is_checkpointed_and_scored_on_the_fixed_sets(headline_run):
+    _, results, _ = headline_run
+    curve = results["training"]["mid"]["curve"]
+    assert [p["epoch"] for p in curve] == [1, 2]
+    paper_row = next(r for r in results["rows"] if (r["protocol"], r["model"]) == ("paper", "mid"))
+    assert curve[-1]["paper"]["average"] == pytest.approx(paper_row["average"])
+
+
+def _continue(out: Path, teacher: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    config = _tiny_experiment(tmp_path)
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "headline_direct.py"), "--config", str(config),
+                           "--out", str(tmp_path / "out"), "--variants", "mid", "--teacher", str(teacher),
+                           "--init-from", f"mid={out / 'mid.pt'}", "--bench-repeats", "0", "--device", "cpu",
+                           "--set", "mid.epochs=3", "--set", "evaluation.protocols=[paper]"],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_init_from_continues_the_epoch_numbering_of_a_checkpoint(headline_run, tmp_path):
+    out, _, _ = headline_run
+    proc = _continue(out, out / "teacher.pt", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    info = json.loads((tmp_path / "out" / "results.json").read_text())["training"]["mid"]
+    assert (info["start_epoch"], info["epochs_completed"]) == (2, 3)
+    assert [p["epoch"] for p in info["curve"]] == [3] and info["optimizer_state"].startswith("fresh")
+
+
+def test_init_from_refuses_a_checkpoint_of_another_teacher(headline_run, tmp_path):
+    out, _, _ = headline_run
+    proc = _continue(out, out / "substitute.pt", tmp_path)
+    assert proc.returncode == 2
+    assert "another teacher" in proc.stderr
