@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:  # run as a script from any directory
     sys.path.insert(0, str(REPO))
 
 from mid_core.attacks import AttackSpec, run_attack  # noqa: E402
-from mid_core.checkpoint import load_teacher, save_checkpoint  # noqa: E402
+from mid_core.checkpoint import load_robust_model, load_teacher, save_checkpoint  # noqa: E402
 from mid_core.datasets import NUM_CLASSES, ImageData, load_dataset  # noqa: E402
 from mid_core.evaluation import accuracy, evaluate_attack, run_sanity_checks, summarize_row  # noqa: E402
 from mid_core.meta_step import BENIGN, apply_grads, draw_held_out, meta_step  # noqa: E402
@@ -481,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--substitute", type=Path, default=None, help="load this substitute instead of training one")
     p.add_argument("--init-from", action="append", default=[], metavar="VARIANT=PATH",
                    help="continue MID variant VARIANT from a deployed checkpoint of this script (needs --teacher)")
+    p.add_argument("--evaluate", action="append", default=[], metavar="NAME=PATH",
+                   help="also evaluate this checkpoint (any kind load_robust_model loads) as row NAME")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to the base config and every variant, e.g. --set mid.epochs=2")
     args = p.parse_args(argv)
@@ -490,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         mid_variants = [v for v in args.variants if v != "at"]
         variant_cfgs = {v: variant_config(args.config, cfg, v, args.overrides) for v in mid_variants}
         inits = parse_inits(args.init_from, mid_variants, args.teacher)
+        bad = [e for e in args.evaluate if "=" not in e or not Path(e.partition("=")[2]).exists()]
+        if bad:
+            raise ValueError(f"--evaluate takes NAME=PATH of an existing checkpoint, got {bad}")
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -581,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. training stages
     models: dict[str, torch.nn.Module] = {"teacher": teacher_clf}
+    for item in args.evaluate:
+        name, _, path = item.partition("=")
+        models[name] = load_robust_model(path).to(device)
     pending = list(args.variants)
     for variant in args.variants:
         window = clock.left() - args.eval_reserve_s
