@@ -41,12 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from any directory
     sys.path.insert(0, str(REPO))
 
-from mid_core.attacks import AttackSpec, run_attack  # noqa: E402
+from mid_core.attacks import PAPER_COLUMNS, AttackSpec, run_attack  # noqa: E402
 from mid_core.checkpoint import load_robust_model, load_teacher, save_checkpoint  # noqa: E402
 from mid_core.datasets import NUM_CLASSES, ImageData, load_dataset  # noqa: E402
 from mid_core.evaluation import accuracy, evaluate_attack, run_sanity_checks, summarize_row  # noqa: E402
 from mid_core.meta_step import BENIGN, apply_grads, draw_held_out, meta_step  # noqa: E402
-from mid_core.models import DeployedModel, StandardClassifier, Teacher, classifier_of, student_from_teacher  # noqa: E402
+from mid_core.models import (  # noqa: E402
+    DeployedModel, StandardClassifier, Teacher, classifier_of, classifier_student_from_teacher, student_from_teacher,
+)
 from mid_core.quantize import quantize_adversarial  # noqa: E402
 from mid_core.training import adversarial_epoch, reconstruction_r2, shuffled_batches, teacher_epoch  # noqa: E402
 from pipeline.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
@@ -106,11 +108,16 @@ class Results:
 
 
 def attack_views(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, specs: dict[str, AttackSpec],
-                 seed: int, batch_size: int, quantize: bool, num_classes: int) -> dict[str, torch.Tensor]:
+                 seed: int, batch_size: int, quantize: bool, num_classes: int,
+                 stable_seeds: bool = False) -> dict[str, torch.Tensor]:
     """name -> adversarial images of ``images`` ``(N, C, H, W)``: uint8 quantised as the store does (``quantize``)
-    or float in [0, 1]. Deterministic given ``seed`` (one generator per attack, ``block_seed(seed, 0, index)``)."""
+    or float in [0, 1]. Deterministic given ``seed``: one generator per attack, ``block_seed(seed, 0, index)`` with
+    ``index`` the attack's position in ``specs``, or with ``stable_seeds`` its position in the paper's column order
+    (so an attack gets the same draws in every pool it is part of; the two agree for PGD_N, PGD_T, MIM_N, MIM_T)."""
     out = {}
     for index, (name, spec) in enumerate(specs.items()):
+        if stable_seeds and name in PAPER_COLUMNS:
+            index = PAPER_COLUMNS.index(name)
         generator = torch.Generator().manual_seed(block_seed(seed, 0, index))
         parts = []
         for i in range(0, labels.shape[0], batch_size):
@@ -198,19 +205,26 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
     the Adam state starts fresh, so this is not exactly one longer run, and the info says so).
     ``on_epoch(deployed, info)`` runs after every epoch (e.g. to checkpoint and score the model)."""
     torch.manual_seed(cfg.seed)
-    student = student_from_teacher(teacher, cfg.mid.student_init).to(device)
+    if cfg.mid.use_distillation:  # student encoder E_s; deployed = E_s then the frozen C_t
+        student = student_from_teacher(teacher, cfg.mid.student_init).to(device)
+        deployed: torch.nn.Module = DeployedModel(student, teacher.classifier)
+    else:  # Table 8 "no DST" rows / ERM: a whole classifier trained with cross-entropy, deployed as it is
+        student = deployed = classifier_student_from_teacher(teacher, cfg.mid.student_init).to(device)
     start_epoch, step = 0, 0
     if init is not None:
+        if not cfg.mid.use_distillation:
+            raise ValueError("--init-from continues distillation variants only (their checkpoint holds E_s and C_t)")
         weights, start_epoch, step = load_student_state(init, teacher)
         student.load_state_dict(weights)
-    deployed = DeployedModel(student, teacher.classifier)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.mid.lr)
     mcfg = meta_config(cfg)
     attacks = [a for a in pool if a != BENIGN]
     domains = [BENIGN, *attacks]
     n, b = labels.shape[0], cfg.mid.batch_size
     used, history, refreshes = 0.0, [], []
+    held_counts = {d: 0 for d in domains}
     info: dict[str, Any] = {"epochs_planned": cfg.mid.epochs, "history": history, "refreshes": refreshes,
+                            "attacks": attacks, "held_out_count": held_counts,
                             "init_from": str(init) if init else None, "start_epoch": start_epoch,
                             "optimizer_state": "fresh Adam at start_epoch" if init else "from scratch"}
     validation = test.subset(cfg.evaluation.limit or 1000)
@@ -224,7 +238,9 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
         for i in range(0, n - b + 1, b):  # drop_last, as the Ray worker
             idx = order[i:i + b]
             views = {d: pool[d][idx].float().div_(255.0) for d in domains}
-            result = meta_step(student, teacher, views, labels[idx], draw_held_out(domains, cfg.seed, step), mcfg)
+            held_out = draw_held_out(domains, cfg.seed, step)
+            held_counts[held_out] += 1
+            result = meta_step(student, teacher, views, labels[idx], held_out, mcfg)
             apply_grads(student, result.grads)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -491,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         mid_variants = [v for v in args.variants if v != "at"]
         variant_cfgs = {v: variant_config(args.config, cfg, v, args.overrides) for v in mid_variants}
+        for v, vcfg in variant_cfgs.items():
+            mine = (vcfg.pool.eps, vcfg.pool.steps, vcfg.pool.step_size, vcfg.pool.source)
+            if mine != (cfg.pool.eps, cfg.pool.steps, cfg.pool.step_size, cfg.pool.source):
+                raise ConfigError(f"variant {v!r} changes pool eps/steps/step_size/source; the variants of one run "
+                                  "share the pool's settings (they may choose its attacks with mid.attacks or "
+                                  "pool.attacks): run it with its own --config instead")
         inits = parse_inits(args.init_from, mid_variants, args.teacher)
         bad = [e for e in args.evaluate if "=" not in e or not Path(e.partition("=")[2]).exists()]
         if bad:
@@ -547,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     # 2. training pool against the teacher
     t0 = time.perf_counter()
     pool_specs = attack_specs(cfg.pool.attacks, cfg.pool.eps, cfg.pool.steps, cfg.pool.step_size)
-    adv = attack_views(teacher_clf, train.images, train.labels, pool_specs, cfg.seed, cfg.pool.batch_size, True, k)
+    adv = attack_views(teacher_clf, train.images, train.labels, pool_specs, cfg.seed, cfg.pool.batch_size, True, k,
+                       stable_seeds=True)
     pool = {BENIGN: torch.round(train.images * 255).to(torch.uint8), **adv}
     sync(device)
     seconds = time.perf_counter() - t0
@@ -602,12 +625,20 @@ def main(argv: list[str] | None = None) -> int:
             save("at", model, "standard", cfg, {**info, "seed": cfg.seed + cfg.at.seed_offset})
         else:
             vcfg = variant_cfgs[variant]
-            vspecs = attack_specs(vcfg.pool.attacks, vcfg.pool.eps, vcfg.pool.steps, vcfg.pool.step_size)
+            vattacks = list(vcfg.mid.attacks or vcfg.pool.attacks)
+            vspecs = attack_specs(vattacks, vcfg.pool.eps, vcfg.pool.steps, vcfg.pool.step_size)
+            missing = {a: s_ for a, s_ in vspecs.items() if a not in pool}
+            if missing:  # a variant training on attacks the shared pool lacks: generate them against the teacher
+                t1 = time.perf_counter()
+                pool.update(attack_views(teacher_clf, train.images, train.labels, missing, cfg.seed,
+                                         cfg.pool.batch_size, True, k, stable_seeds=True))
+                results.stage(f"pool_extra_{variant}", time.perf_counter() - t1, attacks=list(missing))
+            variant_pool = {BENIGN: pool[BENIGN], **{a: pool[a] for a in vattacks}}
 
             def regenerate(deployed: torch.nn.Module, epoch: int, vcfg: ExperimentConfig = vcfg,
                            vspecs: dict[str, AttackSpec] = vspecs) -> dict[str, torch.Tensor]:
                 return attack_views(deployed, train.images, train.labels, vspecs, vcfg.seed + epoch,
-                                    vcfg.pool.batch_size, True, k)
+                                    vcfg.pool.batch_size, True, k, stable_seeds=True)
 
             def on_epoch(deployed: torch.nn.Module, info: dict[str, Any], variant: str = variant,
                          vcfg: ExperimentConfig = vcfg) -> None:
@@ -621,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.data["training"][variant] = info
                 results.write()
 
-            model, info = train_mid_variant(vcfg, teacher, pool, train.labels, test, cap, device, regenerate,
+            model, info = train_mid_variant(vcfg, teacher, variant_pool, train.labels, test, cap, device, regenerate,
                                             init=inits.get(variant), on_epoch=on_epoch)
         info["cap_seconds"] = cap
         models[variant] = model

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mid_core import load_robust_model
 from mid_core.datasets import load_dataset
@@ -37,6 +38,10 @@ def _tiny_experiment(root: Path) -> Path:
         "  batch_size: 512\n  verdict_pgd_restarts: 2\n  verdict_pgd_steps: 5\n")
     (root / "tiny" / "mid_refresh.yaml").write_text(
         "base: ../tiny.yaml\npool:\n  refresh_every: 1\nmid:\n  variant: mid_refresh\n")
+    (root / "tiny" / "erm.yaml").write_text(
+        "base: ../tiny.yaml\nmid:\n  variant: erm\n  use_meta: false\n  use_distillation: false\n"
+        "  use_ac: false\n  use_cc: false\n")
+    (root / "tiny" / "cv.yaml").write_text("base: ../tiny.yaml\npool:\n  attacks: [PGD_N, MIM_T, FGSM_N]\nmid:\n  variant: cv\n  attacks: [PGD_N, FGSM_N]\n")
     return root / "tiny.yaml"
 
 
@@ -45,7 +50,8 @@ def headline_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("headline")
     config, out = _tiny_experiment(root), root / "out"
     proc = subprocess.run([sys.executable, "-c", _WITHOUT_PIPELINE_STACK, "--config", str(config), "--out", str(out),
-                           "--budget-s", "600", "--eval-reserve-s", "60", "--bench-repeats", "2", "--device", "cpu"],
+                           "--budget-s", "600", "--eval-reserve-s", "60", "--bench-repeats", "2", "--device", "cpu",
+                           "--variants", "mid", "mid_refresh", "at", "erm", "cv"],
                           capture_output=True, text=True, timeout=900, cwd=root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text()), proc.stdout
@@ -54,7 +60,7 @@ def headline_run(tmp_path_factory):
 def test_runs_without_ray_zarr_or_mlflow_and_writes_every_protocol_row(headline_run):
     _, results, _ = headline_run
     rows = {(r["protocol"], r["model"]) for r in results["rows"]}
-    models = ["teacher", "mid", "mid_refresh", "at"]
+    models = ["teacher", "mid", "mid_refresh", "at", "erm", "cv"]
     assert rows == {(p, m) for p in ("paper", "transfer", "whitebox") for m in models}
     assert results["test_images"] == 96 and results["skipped"] == []
 
@@ -141,3 +147,23 @@ def test_init_from_refuses_a_checkpoint_of_another_teacher(headline_run, tmp_pat
     proc = _continue(out, out / "substitute.pt", tmp_path)
     assert proc.returncode == 2
     assert "another teacher" in proc.stderr
+
+
+def test_a_variant_trains_on_its_own_attacks_generating_those_the_pool_lacks(headline_run):
+    _, results, _ = headline_run
+    cv = results["training"]["cv"]
+    assert cv["attacks"] == ["PGD_N", "FGSM_N"]
+    assert set(cv["held_out_count"]) == {"benign", "PGD_N", "FGSM_N"} and sum(cv["held_out_count"].values()) == cv["steps"]
+    assert results["stages"]["pool_extra_cv"]["attacks"] == ["FGSM_N"]
+    assert set(results["training"]["mid"]["held_out_count"]) == {"benign", "PGD_N", "MIM_T"}
+
+
+def test_erm_trains_a_whole_classifier(headline_run):
+    out, _, _ = headline_run
+    from mid_core.checkpoint import read_checkpoint
+
+    erm, mid = read_checkpoint(out / "erm.pt")["state_dict"], read_checkpoint(out / "mid.pt")["state_dict"]
+    teacher = read_checkpoint(out / "teacher.pt")["state_dict"]
+    head = [k for k in erm if k.startswith("classifier.")]
+    assert head and any(not torch.equal(erm[k], teacher[k]) for k in head)  # ERM trains the head too
+    assert all(torch.equal(mid[k], teacher[k]) for k in head)  # MID keeps the teacher's head frozen
