@@ -311,7 +311,9 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
 
     ``plain_conv`` is the encoder before the benchmark-1 optimisation (``nn.Conv2d`` conv1, ReLU before pooling),
     the same function and weights; ``plain_decoder`` the teacher's decoder before its last layer became a
-    ``SingleChannelConvTranspose2d``; ``threads1`` uses the current code.
+    ``SingleChannelConvTranspose2d``; ``flush_denormal`` flushes subnormal floats to zero
+    (``torch.set_flush_denormal``: subnormals are slow on x86 and gradients of mostly-black images can underflow);
+    ``threads1`` uses the current code.
     """
     views, labels, clean_u8 = _lever_batch(backbone, seed, batch)
     teacher, student, clf = _models(backbone, seed)
@@ -323,6 +325,7 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
         "threads1": {"threads": 1},
         "plain_conv": {"threads": 1, "plain": True},
         "plain_decoder": {"threads": 1, "plain_decoder": True},
+        "flush_denormal": {"threads": 1, "flush_denormal": True},
         "threads2": {"threads": 2},
         "channels_last": {"threads": 1, "fmt": cl_fmt},
         "bf16_autocast": {"threads": 1, "autocast": True},
@@ -339,10 +342,13 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
         so = MidVariant(t, st, False, seed, c.get("fmt"), c.get("autocast", False))
         fo = MidVariant(t, st, True, seed, c.get("fmt"), c.get("autocast", False))
         cl = CleanVariant(cf, c.get("fmt"), c.get("autocast", False))
-        th = c["threads"]
-        variants[f"{name}/so"] = (lambda so=so, th=th: (torch.set_num_threads(th), so.step(views, labels, "PGD_N")))
-        variants[f"{name}/fo"] = (lambda fo=fo, th=th: (torch.set_num_threads(th), fo.step(views, labels, "PGD_N")))
-        variants[f"{name}/clean"] = (lambda cl=cl, th=th: (torch.set_num_threads(th), cl.step(clean_u8, labels)))
+        th, fd = c["threads"], c.get("flush_denormal", False)  # every variant sets both: they are process-global
+        variants[f"{name}/so"] = (lambda so=so, th=th, fd=fd: (torch.set_num_threads(th), torch.set_flush_denormal(fd),
+                                                               so.step(views, labels, "PGD_N")))
+        variants[f"{name}/fo"] = (lambda fo=fo, th=th, fd=fd: (torch.set_num_threads(th), torch.set_flush_denormal(fd),
+                                                               fo.step(views, labels, "PGD_N")))
+        variants[f"{name}/clean"] = (lambda cl=cl, th=th, fd=fd: (torch.set_num_threads(th), torch.set_flush_denormal(fd),
+                                                                  cl.step(clean_u8, labels)))
     compile_note: dict[str, Any] = {}
     if with_compile:
         torch.set_num_threads(1)
@@ -361,6 +367,7 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
         print(f"[c] torch.compile(student): {json.dumps(compile_note)}", flush=True)
     timings = C.interleave(variants, rounds=rounds, warmup=1)
     torch.set_num_threads(1)
+    torch.set_flush_denormal(False)
     med = C.med(timings)
     table: dict[str, dict[str, float]] = {}
     for key, sec in med.items():
