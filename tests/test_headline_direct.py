@@ -100,8 +100,7 @@ def test_records_stage_times_and_the_step_benchmark(headline_run):
 
 
 def test_epoch_budget_rule():
-    sys.path.insert(0, str(REPO / "scripts"))
-    from headline_direct import epoch_fits
+    from pipeline.direct.budget import epoch_fits
 
     assert epoch_fits(0, 0.0, 0.0)  # the first epoch always runs
     assert epoch_fits(2, 20.0, 30.0)  # 2 epochs took 20 s: a third (10 s) fits in 30 s
