@@ -25,9 +25,11 @@ def epoch_fits(epochs_done: int, used_s: float, cap_s: float) -> bool:
 
 
 def log(message: str) -> None:
+    """One timestamped progress line on stdout (flushed: a remote run's log must survive a kill)."""
     print(f"[headline {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def sync(device: torch.device) -> None:
+    """Wait for queued GPU work (for honest wall times); a no-op on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
