@@ -50,7 +50,7 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
     """Compute every (protocol, model) row; pure torch apart from reading the paper stores."""
     from mid_core.checkpoint import load_classifier
     from mid_core.datasets import load_dataset
-    from mid_core.evaluation import accuracy, evaluate_attack, run_sanity_checks, score_fixed_adversarial, summarize_row
+    from mid_core.evaluation import accuracy, evaluate_attack, score_fixed_adversarial, summarize_row
     from mid_core.attacks import run_attack
     from storage_schemas import open_store
 
@@ -102,12 +102,7 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
                 if n == base_limit and spec.kind not in SLOW_KINDS:
                     bounded[name] = adv
                 print(f"[evaluate] whitebox {role} {name}: {result.accuracy:.4f} on {n} images ({time.perf_counter() - t0:.1f}s)", flush=True)
-            pgd = [s for s in specs.values() if s.kind == "pgd" and not s.targeted]
-            problems = run_sanity_checks(
-                clean_accuracy=values["benign"], robust={k: v for k, v in values.items() if k != "benign"},
-                clean_images=x_all, adversarial=bounded, specs=specs, model=model, images=x_all, labels=y_all,
-                masking_eps=cfg.evaluation.eps, more_steps_specs=pgd[:1], seed=cfg.seed)
-            extra: dict[str, Any] = {"sanity_warnings": problems}
+            extra: dict[str, Any] = {"sanity_warnings": whitebox_sanity(cfg, model, x_all, y_all, values, bounded, specs)}
             if cfg.evaluation.verdict_pgd_restarts:
                 extra["verdict"] = whitebox_verdict(cfg, model, x_all, y_all, values, bounded)
                 print(f"[evaluate] verdict {role}: {extra['verdict']}", flush=True)
@@ -131,6 +126,21 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         for role, values in values_by_role.items():
             row("transfer", role, values, {"source": "substitute"})
     return rows
+
+
+def whitebox_sanity(cfg: ExperimentConfig, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                    values: dict[str, float], bounded: dict[str, torch.Tensor], specs: dict[str, Any],
+                    warn: bool = True) -> list[str]:
+    """The sanity checks of one white-box row (``mid_core.evaluation.run_sanity_checks``): robust <= clean over the
+    columns in ``values``, the eps bound of ``bounded`` (name -> adversarial images of ``images``), gradient masking,
+    and "more PGD steps never help" for the row's first untargeted PGD column, if it ran."""
+    from mid_core.evaluation import run_sanity_checks
+
+    pgd = [s for name, s in specs.items() if s.kind == "pgd" and not s.targeted and name in values]
+    return run_sanity_checks(
+        clean_accuracy=values["benign"], robust={k: v for k, v in values.items() if k != "benign"},
+        clean_images=images, adversarial=bounded, specs=specs, model=model, images=images, labels=labels,
+        masking_eps=cfg.evaluation.eps, more_steps_specs=pgd[:1], seed=cfg.seed, warn=warn)
 
 
 def whitebox_verdict(cfg: ExperimentConfig, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,

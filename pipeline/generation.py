@@ -44,6 +44,12 @@ def attack_specs(names: list[str], eps: float, steps: int | None, step_size: flo
     return specs
 
 
+def store_eps(spec: Any) -> float | None:
+    """The L-inf radius an attack's 8-bit stored images are clipped to (``quantize_adversarial``), or ``None`` for
+    CW and JSMA (no L-inf bound: plain rounding)."""
+    return spec.eps if spec.norm == "linf" and spec.kind not in SLOW_KINDS else None
+
+
 def block_seed(seed: int, block: int, attack_index: int) -> int:
     """Deterministic seed of one (block, attack) cell of the store."""
     digest = hashlib.sha256(f"{seed}:{block}:{attack_index}".encode()).digest()
@@ -104,8 +110,7 @@ class BlockGenerator:
                 x, y = images[i:i + self.batch_size], labels[i:i + self.batch_size]
                 out = run_attack(spec, self.model, x.to(self.device), y.to(self.device), num_classes=self.num_classes,
                                  generator=generator)
-                eps = spec.eps if spec.norm == "linf" and spec.kind not in SLOW_KINDS else None
-                adv_parts.append(quantize_adversarial(out.adversarial.cpu(), x, eps))
+                adv_parts.append(quantize_adversarial(out.adversarial.cpu(), x, store_eps(spec)))
                 if out.targets is not None:
                     target_parts.append(out.targets.cpu())
             adv_u8 = torch.cat(adv_parts)

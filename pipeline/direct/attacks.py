@@ -6,7 +6,7 @@ import torch
 from mid_core.attacks import PAPER_COLUMNS, AttackSpec, run_attack
 from mid_core.evaluation import accuracy
 from mid_core.quantize import quantize_adversarial
-from pipeline.generation import SLOW_KINDS, block_seed
+from pipeline.generation import block_seed, store_eps
 
 
 def attack_views(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, specs: dict[str, AttackSpec],
@@ -26,7 +26,7 @@ def attack_views(model: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
             x, y = images[i:i + batch_size], labels[i:i + batch_size]
             adv = run_attack(spec, model, x, y, num_classes=num_classes, generator=generator).adversarial
             if quantize:
-                adv = quantize_adversarial(adv, x, spec.eps if spec.linf_eps is not None and spec.kind not in SLOW_KINDS else None)
+                adv = quantize_adversarial(adv, x, store_eps(spec))
             parts.append(adv)
         out[name] = torch.cat(parts)
     return out

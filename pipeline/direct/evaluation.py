@@ -8,7 +8,7 @@ import torch
 
 from mid_core.attacks import AttackSpec
 from mid_core.datasets import ImageData
-from mid_core.evaluation import accuracy, evaluate_attack, run_sanity_checks, summarize_row
+from mid_core.evaluation import accuracy, evaluate_attack, summarize_row
 from pipeline.config import ExperimentConfig
 from pipeline.direct.attacks import as_float
 from pipeline.direct.budget import Clock, log
@@ -25,7 +25,7 @@ def whitebox_row(cfg: ExperimentConfig, name: str, model: torch.nn.Module, test:
     """White-box row of one model: AutoAttack first, the PGD-restarts verdict, then the other columns, each started
     only while enough budget is left (``COLUMN_MIN_LEFT_S``). The row is in ``results`` from the start and rewritten
     after every column, so a run stopped at its limit keeps what finished; it lists the columns it skipped."""
-    from pipeline.evaluate import whitebox_verdict
+    from pipeline.evaluate import whitebox_sanity, whitebox_verdict
 
     ev = cfg.evaluation
     n_test = len(test)
@@ -57,11 +57,7 @@ def whitebox_row(cfg: ExperimentConfig, name: str, model: torch.nn.Module, test:
         if len(values) > 1:
             row.update(summarize_row(values))
         results.write()
-    pgd = [s for s in specs.values() if s.kind == "pgd" and not s.targeted]
-    row["sanity_warnings"] = run_sanity_checks(
-        clean_accuracy=values["benign"], robust={k: v for k, v in values.items() if k != "benign"}, clean_images=x,
-        adversarial=bounded, specs=specs, model=model, images=x, labels=y, masking_eps=ev.eps,
-        more_steps_specs=pgd[:1] if "PGD_N" in values else [], seed=cfg.seed, warn=False)
+    row["sanity_warnings"] = whitebox_sanity(cfg, model, x, y, values, bounded, specs, warn=False)
     if row["skipped_columns"]:
         results.data["skipped"].append(f"whitebox {name}: {row['skipped_columns']} (budget)")
     results.write()
