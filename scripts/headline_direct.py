@@ -9,6 +9,7 @@ with the data, pools and fixed test sets held in device memory instead of Zarr s
 2. the training pool: ``pool.attacks`` against the teacher on the training set, quantised to 8 bits as the store is;
 3. the fixed test sets: ``paper`` (every evaluation attack against the teacher, quantised like the paper store) and
    ``transfer`` (against the substitute); CW and JSMA on the first ``evaluation.slow_attack_limit`` images;
+   ``--fixed-sets PATH`` saves them there, or loads them when the file exists (runs sharing one GPU share one set);
 4. a step-time benchmark (clean step, MID second- and first-order step on stored views, MID step that generates its
    attacks online every batch as the official code does);
 5. the training variants (``--variants``, default ``mid mid_refresh at``): a MID variant reads
@@ -50,6 +51,7 @@ from pipeline.direct.attacks import attack_views, success_rates  # noqa: E402
 from pipeline.direct.benchmark import step_benchmark  # noqa: E402
 from pipeline.direct.budget import Clock, log, sync  # noqa: E402
 from pipeline.direct.evaluation import DEFAULT_MIN_LEFT_S, fixed_rows, whitebox_row  # noqa: E402
+from pipeline.direct.fixed_sets import load_fixed_sets, save_fixed_sets, sets_identity  # noqa: E402
 from pipeline.direct.results import Results  # noqa: E402
 from pipeline.direct.training import load_student_state, train_at, train_mid_variant, train_teacher_like  # noqa: E402
 from pipeline.generation import SLOW_KINDS, attack_specs  # noqa: E402
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="continue MID variant VARIANT from a deployed checkpoint of this script (needs --teacher)")
     p.add_argument("--evaluate", action="append", default=[], metavar="NAME=PATH",
                    help="also evaluate this checkpoint (any kind load_robust_model loads) as row NAME")
+    p.add_argument("--fixed-sets", type=Path, default=None, metavar="PATH",
+                   help="load the paper/transfer test sets from PATH if it exists (made for the same teacher and "
+                        "settings), else generate them and save them there: parallel runs then share one set")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to the base config and every variant, e.g. --set mid.epochs=2")
     args = p.parse_args(argv)
@@ -168,8 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    ev = cfg.evaluation
+    slow_n = min(ev.slow_attack_limit, len(test))
+    set_protocols = [p_ for p_ in ("paper", "transfer") if p_ in ev.protocols]
+    identity = sets_identity(cfg, teacher, len(test), slow_n)
+    fixed: dict[str, dict[str, torch.Tensor]] = {}
+    if args.fixed_sets is not None and args.fixed_sets.exists():
+        t0 = time.perf_counter()
+        try:
+            fixed = load_fixed_sets(args.fixed_sets, identity, set_protocols, device)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        results.stage("fixed_sets_loaded", time.perf_counter() - t0, path=str(args.fixed_sets), protocols=list(fixed))
+        log(f"fixed test sets {list(fixed)} loaded from {args.fixed_sets}")
     substitute = teacher_like("substitute", cfg.seed + cfg.teacher.substitute_seed_offset, args.substitute) \
-        if "transfer" in cfg.evaluation.protocols else None
+        if "transfer" in set_protocols and "transfer" not in fixed else None
     teacher_clf = classifier_of(teacher)
 
     # 2. training pool against the teacher
@@ -185,13 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                   success_rate=success_rates(teacher_clf, adv, train.labels))
     log(f"pool: {len(train)} images x {len(pool_specs)} attacks in {seconds:.1f}s")
 
-    # 3. fixed test sets
-    ev = cfg.evaluation
+    # 3. fixed test sets (generated, or loaded with --fixed-sets)
     eval_specs = attack_specs(ev.attacks, ev.eps, ev.steps, ev.step_size)
-    slow_n = min(ev.slow_attack_limit, len(test))
-    fixed: dict[str, dict[str, torch.Tensor]] = {}
     for protocol, source, quantize in (("paper", teacher, True), ("transfer", substitute, False)):
-        if protocol not in ev.protocols:
+        if protocol not in set_protocols or protocol in fixed:
             continue
         source = classifier_of(source)
         t0 = time.perf_counter()
@@ -204,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         sync(device)
         results.stage(f"{protocol}_test_set", time.perf_counter() - t0, attacks=list(eval_specs), slow_images=slow_n)
         log(f"{protocol} test set: {len(eval_specs)} attacks in {time.perf_counter() - t0:.1f}s")
+        if args.fixed_sets is not None:  # after each protocol: a run waiting for the paper set can start
+            save_fixed_sets(args.fixed_sets, fixed, identity)
+            log(f"fixed test sets {list(fixed)} saved to {args.fixed_sets}")
 
     # 4. step benchmark
     if args.bench_repeats:
@@ -218,6 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.evaluate:
         name, _, path = item.partition("=")
         models[name] = load_robust_model(path).to(device)
+    def record_curve(name: str, model: torch.nn.Module, info: dict[str, Any]) -> None:
+        """Score ``model`` on the fixed sets after an epoch: ``info["curve"]`` gains one point, results.json is rewritten."""
+        point = {"epoch": info["epochs_completed"]}
+        for protocol, adversarial in fixed.items():
+            row = fixed_rows(protocol, "", {name: model}, adversarial, test, ev.batch_size)[0]
+            point[protocol] = {"benign": row["benign"], "average": row["average"], "worst_case": row["worst_case"]}
+        info.setdefault("curve", []).append(point)
+        results.data["training"][name] = info
+        results.write()
+
     pending = list(args.variants)
     for variant in args.variants:
         window = clock.left() - args.eval_reserve_s
@@ -227,8 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{variant}: {cap:.0f}s of the {clock.left():.0f}s left")
         t0 = time.perf_counter()
         if variant == "at":
-            model, info = train_at(cfg, train, test, cap, device)
-            save("at", model, "standard", cfg, {**info, "seed": cfg.seed + cfg.at.seed_offset})
+            def at_epoch(model: torch.nn.Module, info: dict[str, Any]) -> None:
+                """Checkpoint after every epoch and record the fixed-set curve, as for the MID variants."""
+                save("at", model, "standard", cfg, {**info, "seed": cfg.seed + cfg.at.seed_offset})
+                record_curve("at", model, info)
+
+            model, info = train_at(cfg, train, test, cap, device, on_epoch=at_epoch)
         else:
             vcfg = variant_cfgs[variant]
             vattacks = list(vcfg.mid.attacks or vcfg.pool.attacks)
@@ -250,13 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                          vcfg: ExperimentConfig = vcfg) -> None:
                 """Checkpoint after every epoch (a run stopped at its limit keeps it) and record the fixed-set curve."""
                 save(variant, deployed, "deployed", vcfg, {**info, "seed": vcfg.seed})
-                point = {"epoch": info["epochs_completed"]}
-                for protocol, adversarial in fixed.items():
-                    row = fixed_rows(protocol, "", {variant: deployed}, adversarial, test, ev.batch_size)[0]
-                    point[protocol] = {"benign": row["benign"], "average": row["average"], "worst_case": row["worst_case"]}
-                info.setdefault("curve", []).append(point)
-                results.data["training"][variant] = info
-                results.write()
+                record_curve(variant, deployed, info)
 
             model, info = train_mid_variant(vcfg, teacher, variant_pool, train.labels, test, cap, device, regenerate,
                                             init=inits.get(variant), on_epoch=on_epoch)

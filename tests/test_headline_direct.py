@@ -166,3 +166,53 @@ def test_erm_trains_a_whole_classifier(headline_run):
     head = [k for k in erm if k.startswith("classifier.")]
     assert head and any(not torch.equal(erm[k], teacher[k]) for k in head)  # ERM trains the head too
     assert all(torch.equal(mid[k], teacher[k]) for k in head)  # MID keeps the teacher's head frozen
+
+
+def test_at_is_checkpointed_and_scored_after_every_epoch(headline_run):
+    from mid_core.checkpoint import read_checkpoint
+
+    out, results, _ = headline_run
+    curve = results["training"]["at"]["curve"]
+    assert [p["epoch"] for p in curve] == [1]
+    assert read_checkpoint(out / "at.pt")["metrics"]["epochs_completed"] == 1
+    paper_row = next(r for r in results["rows"] if (r["protocol"], r["model"]) == ("paper", "at"))
+    assert curve[-1]["paper"]["average"] == pytest.approx(paper_row["average"])
+
+
+def _fixed_sets_run(headline_out: Path, tmp_path: Path, sets: Path, name: str, *extra: str,
+                    protocols: str = "[paper,transfer]") -> subprocess.CompletedProcess:
+    config = tmp_path / "tiny.yaml"
+    if not config.exists():
+        _tiny_experiment(tmp_path)
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "headline_direct.py"), "--config", str(config),
+                           "--out", str(tmp_path / name), "--variants", "--teacher", str(headline_out / "teacher.pt"),
+                           "--fixed-sets", str(sets), "--bench-repeats", "0", "--device", "cpu",
+                           "--set", f"evaluation.protocols={protocols}", *extra],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_fixed_sets_are_saved_once_and_loaded_by_the_next_runs_with_the_same_rows(headline_run, tmp_path):
+    out, _, _ = headline_run
+    sets = tmp_path / "sets.pt"
+    runs = [_fixed_sets_run(out, tmp_path, sets, "paper_only", protocols="[paper]"),
+            _fixed_sets_run(out, tmp_path, sets, "adds_transfer"),  # loads paper, generates transfer
+            _fixed_sets_run(out, tmp_path, sets, "loads_both")]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    r1, r2, r3 = (json.loads((tmp_path / n / "results.json").read_text())
+                  for n in ("paper_only", "adds_transfer", "loads_both"))
+    assert "fixed_sets_loaded" not in r1["stages"]
+    assert r2["stages"]["fixed_sets_loaded"]["protocols"] == ["paper"] and "transfer_test_set" in r2["stages"]
+    assert r3["stages"]["fixed_sets_loaded"]["protocols"] == ["paper", "transfer"]
+    assert "substitute" not in r3["stages"]  # the transfer set came from the file: no substitute is trained
+    rows = [{(r["protocol"], r["model"]): r["average"] for r in res["rows"]} for res in (r1, r2, r3)]
+    assert rows[1] == rows[2] and rows[0][("paper", "teacher")] == rows[2][("paper", "teacher")]
+
+
+def test_fixed_sets_of_other_settings_are_refused_with_what_differs(headline_run, tmp_path):
+    out, _, _ = headline_run
+    sets = tmp_path / "sets.pt"
+    assert _fixed_sets_run(out, tmp_path, sets, "first", protocols="[paper]").returncode == 0
+    other = _fixed_sets_run(out, tmp_path, sets, "other", "--set", "evaluation.eps=0.2", protocols="[paper]")
+    assert other.returncode == 2
+    assert "eps" in other.stderr and "--fixed-sets" in other.stderr

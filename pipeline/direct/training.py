@@ -157,9 +157,12 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
     return deployed, info
 
 
-def train_at(cfg: ExperimentConfig, train: ImageData, test: ImageData, cap_s: float,
-             device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Madry PGD adversarial training of a standard classifier (seed + ``at.seed_offset``), as jobs/train_teacher.py."""
+def train_at(cfg: ExperimentConfig, train: ImageData, test: ImageData, cap_s: float, device: torch.device,
+             on_epoch: Callable[[torch.nn.Module, dict[str, Any]], None] | None = None,
+             ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Madry PGD adversarial training of a standard classifier (seed + ``at.seed_offset``), as jobs/train_teacher.py.
+
+    ``on_epoch(model, info)`` runs after every epoch (e.g. to checkpoint it, so a run stopped at its limit keeps it)."""
     seed = cfg.seed + cfg.at.seed_offset
     torch.manual_seed(seed)
     k = NUM_CLASSES[cfg.data.dataset]
@@ -172,6 +175,7 @@ def train_at(cfg: ExperimentConfig, train: ImageData, test: ImageData, cap_s: fl
         return run_attack(pgd, target, x, y, num_classes=k, generator=attack_gen).adversarial
 
     used, history = 0.0, []
+    info: dict[str, Any] = {"epochs_completed": 0, "epochs_planned": cfg.at.epochs, "seconds": 0.0, "history": history}
     for epoch in range(cfg.at.epochs):
         if not epoch_fits(epoch, used, cap_s):
             break
@@ -182,5 +186,9 @@ def train_at(cfg: ExperimentConfig, train: ImageData, test: ImageData, cap_s: fl
         metrics["epoch_seconds"] = time.perf_counter() - t0
         used += metrics["epoch_seconds"]
         history.append(metrics)
+        info.update(epochs_completed=len(history), seconds=used)
         log(f"at epoch {epoch + 1}/{cfg.at.epochs} " + " ".join(f"{k_}={v:.4f}" for k_, v in metrics.items()))
-    return model, {"epochs_completed": len(history), "epochs_planned": cfg.at.epochs, "seconds": used, "history": history}
+        if on_epoch is not None:
+            on_epoch(model, info)
+            model.train()
+    return model, info
