@@ -83,9 +83,9 @@ launch fmnist_main "$budget" --config $fmnist --variants mid --eval-reserve-s 15
 wait_for mnist_mid_long "$sets/mnist.pt"
 launch mnist_refresh "$budget" --config $mnist --variants mid_refresh --teacher "$ckpt/teacher.pt" \
   --init-from mid_refresh="$ckpt/mid_e22.pt" --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 200 \
-  --fixed-sets "$sets/mnist.pt"
+  --whitebox-models mid_refresh --fixed-sets "$sets/mnist.pt"
 launch mnist_at "$budget" --config $mnist --variants at --teacher "$ckpt/teacher.pt" \
-  --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 240 --fixed-sets "$sets/mnist.pt"
+  --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 240 --whitebox-models at --fixed-sets "$sets/mnist.pt"
 launch mnist_pool8 $(( budget * 3 / 4 )) --config configs/mnist_lenet5_gpu_pool8.yaml --teacher "$ckpt/teacher.pt" \
   --variants basic plus_fgsm plus_fgsm_bim cv_no_pgd cv_no_mim cv_no_bim cv_no_fgsm \
   --set mid.epochs=6 --set "evaluation.protocols=[paper]" --eval-reserve-s 20 --fixed-sets "$sets/mnist.pt"
@@ -94,7 +94,8 @@ if wanted fmnist_adaptive; then
   wait_for fmnist_main "$sets/fmnist.pt"
   if [ -f "$out/fmnist_main/teacher.pt" ]; then
     launch fmnist_adaptive "$budget" --config $fmnist --variants mid_refresh at --teacher "$out/fmnist_main/teacher.pt" \
-      --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 260 --fixed-sets "$sets/fmnist.pt"
+      --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 260 --whitebox-models mid_refresh at \
+      --fixed-sets "$sets/fmnist.pt"
   else
     echo "[session] fmnist_adaptive not started: no $out/fmnist_main/teacher.pt" >&2
   fi

@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed-sets", type=Path, default=None, metavar="PATH",
                    help="load the paper/transfer test sets from PATH if it exists (made for the same teacher and "
                         "settings), else generate them and save them there: parallel runs then share one set")
+    p.add_argument("--whitebox-models", nargs="*", default=None, metavar="NAME",
+                   help="white-box rows for these models only (default: every model of the run, the verdict's first)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to the base config and every variant, e.g. --set mid.epochs=2")
     args = p.parse_args(argv)
@@ -128,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         bad = [e for e in args.evaluate if "=" not in e or not Path(e.partition("=")[2]).exists()]
         if bad:
             raise ValueError(f"--evaluate takes NAME=PATH of an existing checkpoint, got {bad}")
+        names = ["teacher", *args.variants, *(e.partition("=")[0] for e in args.evaluate)]
+        unknown = sorted(set(args.whitebox_models or []) - set(names))
+        if unknown:
+            raise ValueError(f"--whitebox-models {unknown}: not models of this run (they are {names})")
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -305,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             results.stage(f"{protocol}_rows", time.perf_counter() - t0)
     if "whitebox" in ev.protocols:
         order = [m for m in WHITEBOX_ORDER if m in models] + [m for m in models if m not in WHITEBOX_ORDER]
+        if args.whitebox_models is not None:
+            order = [m for m in order if m in args.whitebox_models]
         for name in order:
             t0 = time.perf_counter()
             if clock.left() < DEFAULT_MIN_LEFT_S:

@@ -216,3 +216,18 @@ def test_fixed_sets_of_other_settings_are_refused_with_what_differs(headline_run
     other = _fixed_sets_run(out, tmp_path, sets, "other", "--set", "evaluation.eps=0.2", protocols="[paper]")
     assert other.returncode == 2
     assert "eps" in other.stderr and "--fixed-sets" in other.stderr
+
+
+def test_whitebox_rows_only_for_the_models_asked(headline_run, tmp_path):
+    out, _, _ = headline_run
+    proc = _fixed_sets_run(out, tmp_path, tmp_path / "sets.pt", "wb", "--evaluate", f"mid={out / 'mid.pt'}",
+                           "--whitebox-models", "mid", "--set", "evaluation.attacks=[PGD_N]", protocols="[whitebox]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "wb" / "results.json").read_text())["rows"]
+    assert [(r["protocol"], r["model"]) for r in rows] == [("whitebox", "mid")]
+
+
+def test_whitebox_models_must_be_models_of_the_run(headline_run, tmp_path):
+    out, _, _ = headline_run
+    proc = _fixed_sets_run(out, tmp_path, tmp_path / "sets.pt", "wb", "--whitebox-models", "at", protocols="[paper]")
+    assert proc.returncode == 2 and "--whitebox-models ['at']" in proc.stderr
