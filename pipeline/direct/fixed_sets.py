@@ -7,13 +7,12 @@ what the sets were made from, and a run whose teacher, data or attack settings d
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mid_core.checkpoint import atomic_torch_save
 from mid_core.training import param_fingerprint
 from pipeline.config import ExperimentConfig
 
@@ -31,17 +30,8 @@ def sets_identity(cfg: ExperimentConfig, teacher: torch.nn.Module, test_images: 
 
 def save_fixed_sets(path: Path, sets: FixedSets, identity: dict[str, Any]) -> None:
     """Write ``sets`` (moved to the CPU) with ``identity``, atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"identity": identity,
-               "sets": {p: {a: t.detach().cpu() for a, t in cols.items()} for p, cols in sets.items()}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save({"identity": identity,
+                       "sets": {p: {a: t.detach().cpu() for a, t in cols.items()} for p, cols in sets.items()}}, path)
 
 
 def load_fixed_sets(path: Path, identity: dict[str, Any], protocols: list[str], device: torch.device) -> FixedSets:
