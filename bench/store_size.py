@@ -90,7 +90,7 @@ def main() -> None:
     print(f"adv arrays: {adv_bytes / 2**20:.2f} MiB for {rows} rows x {pixels} pixels x {len(C.ATTACKS)} attacks -> "
           f"{bpp:.3f} bytes/pixel/attack; compression clean {compression['clean']:.2f}x, adversarial "
           + ", ".join(f"{a} {compression[a]:.2f}x" for a in C.ATTACKS)
-          + f"; success change after quantisation (points): " + ", ".join(f"{a} {v:+.2f}" for a, v in diff_points.items()),
+          + "; success change after quantisation (points): " + ", ".join(f"{a} {v:+.2f}" for a, v in diff_points.items()),
           flush=True)
     C.emit({
         "benchmark": "store_size", "quick": args.quick, "machine": info, "rows": rows, "pixels": pixels,

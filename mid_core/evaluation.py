@@ -286,8 +286,8 @@ def check_gradient_masking(model: nn.Module, images: torch.Tensor, labels: torch
         xg = x.clone().requires_grad_(True)
         margin = _margin(model(xg), y)
         if not margin.requires_grad:  # the forward cuts the graph (detach, no_grad, numpy round trip, ...)
-            return messages + [f"[gradient_masking] the model's output does not depend differentiably on its input "
-                               f"(no gradient graph); gradient-based attacks cannot run on it"]
+            return messages + ["[gradient_masking] the model's output does not depend differentiably on its input "
+                               "(no gradient graph); gradient-based attacks cannot run on it"]
         grad = torch.autograd.grad(margin.sum(), xg, allow_unused=True)[0]
     if grad is None:
         grad = torch.zeros_like(x)

@@ -25,8 +25,8 @@ def main(description: str, body: Callable[[ExperimentConfig, argparse.Namespace]
     args = p.parse_args()
     try:
         cfg = load_config(args.config, args.overrides)
+        body(cfg, args)  # a stage may refuse a setting it does not support, before any work (ConfigError)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    body(cfg, args)
     return 0

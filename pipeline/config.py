@@ -116,6 +116,11 @@ class MidConfig:
     shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer
     log_every: int = 10  # steps between MLflow metric logs
     verify_sync: bool = False  # all-gather a parameter checksum after every step (tests / debugging)
+    # Diagnostic of scripts/headline_direct.py only (jobs/train_mid.py refuses it): generate each batch's attack views
+    # against the current deployed model just before its step instead of reading the pool. The views are then never
+    # stale, where pool.refresh_every: 1 gives views up to one epoch old for the same attack cost per epoch; comparing
+    # the two tells whether staleness is what keeps a refreshed pool from white-box robustness (docs/results.md).
+    online_attacks: bool = False
 
 
 @dataclass
@@ -300,6 +305,9 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
     _check_positive(cfg.evaluation.verdict_pgd_step_size, "evaluation.verdict_pgd_step_size")
     if cfg.pool.refresh_every < 0:
         raise ConfigError(f"pool.refresh_every must be >= 0 (0 = static pool), got {cfg.pool.refresh_every}")
+    if cfg.mid.online_attacks and (cfg.pool.refresh_every or cfg.mid.continue_from):
+        raise ConfigError("mid.online_attacks generates every batch's views against the current model, so there is no "
+                          "pool to refresh or continue: set pool.refresh_every: 0 and mid.continue_from: null")
     if cfg.pool.actor_gpus < 0:
         raise ConfigError(f"pool.actor_gpus must be >= 0 (0 = CPU actors), got {cfg.pool.actor_gpus}")
     if cfg.pool.torch_threads < 0 or cfg.mid.torch_threads < 0:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipeline.config import ExperimentConfig, config_from_dict
+from pipeline.config import ConfigError, ExperimentConfig, config_from_dict
 from pipeline.paths import ExperimentPaths
 from pipeline.ray_runtime import auto_threads, init_ray, train_scaling, worker_device, worker_env
 from pipeline.tracking import RunLogger, stage_run
@@ -333,6 +333,10 @@ def run(cfg: ExperimentConfig, force: bool = False) -> Path:
     from mid_core.checkpoint import read_checkpoint
     from pipeline.generation import checkpoint_fingerprint, generate_store
 
+    if cfg.mid.online_attacks:
+        raise ConfigError("mid.online_attacks is a diagnostic of scripts/headline_direct.py (attacks generated in the "
+                          "training loop); jobs/train_mid.py trains from the precomputed pool: remove the key, or run "
+                          "python scripts/headline_direct.py --config ... --variants <this variant>")
     paths = ExperimentPaths.of(cfg)
     variant = cfg.mid.variant
     out = paths.model(variant)

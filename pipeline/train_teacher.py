@@ -8,7 +8,6 @@ A model whose checkpoint already exists is not retrained (delete it to retrain).
 """
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any

@@ -10,7 +10,10 @@
 #
 # Runs (each writes OUT/<run>/results.json, checkpoints and log.txt):
 #   mnist_mid_long   MNIST MID (static pool) continued from mid_e22 for as many epochs as fit; paper + transfer
-#   mnist_refresh    MNIST MID + student-aware refresh every epoch, continued from mid_e22; paper + white-box
+#   mnist_online     MNIST MID with attacks on the current student every step (mid.online_attacks, the limit of
+#                    refresh), student encoder started at random; paper + white-box. (mnist_refresh, the per-epoch
+#                    refresh continued from mid_e22, is kept but not in the default list: session 6 measured refresh,
+#                    and session 8 found fresh views no better from the teacher's starting point)
 #   mnist_at         MNIST Madry PGD-40 AT for as many epochs as fit; paper + white-box (AutoAttack on 10,000)
 #   fmnist_main      Fashion-MNIST teacher, substitute, MID (static pool); paper + transfer + white-box
 #   fmnist_adaptive  Fashion-MNIST MID + refresh and AT on fmnist_main's teacher (waits for it); paper + white-box
@@ -24,7 +27,7 @@ cd "$(dirname "$0")/.."
 out=${1:?usage: bash scripts/gpu_session.sh OUT [BUDGET_S]}
 budget=${2:-540}
 ckpt=${GPU_SESSION_CKPT:-.gpu_payload/ckpt}
-runs=${GPU_SESSION_RUNS:-"mnist_mid_long mnist_refresh mnist_at fmnist_main fmnist_adaptive mnist_pool8"}
+runs=${GPU_SESSION_RUNS:-"mnist_mid_long mnist_online mnist_at fmnist_main fmnist_adaptive mnist_pool8"}
 if [ -d .gpu_payload/site ]; then
   export PYTHONPATH=$PWD/.gpu_payload/site${PYTHONPATH:+:$PYTHONPATH} MID_DATA_ROOT=$PWD/.gpu_payload/data
 fi
@@ -84,6 +87,9 @@ wait_for mnist_mid_long "$sets/mnist.pt"
 launch mnist_refresh "$budget" --config $mnist --variants mid_refresh --teacher "$ckpt/teacher.pt" \
   --init-from mid_refresh="$ckpt/mid_e22.pt" --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 200 \
   --whitebox-models mid_refresh --fixed-sets "$sets/mnist.pt"
+launch mnist_online "$budget" --config $mnist --variants mid_online --teacher "$ckpt/teacher.pt" \
+  --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 200 \
+  --whitebox-models mid_online --fixed-sets "$sets/mnist.pt"
 launch mnist_at "$budget" --config $mnist --variants at --teacher "$ckpt/teacher.pt" \
   --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 240 --whitebox-models at --fixed-sets "$sets/mnist.pt"
 launch mnist_pool8 $(( budget * 3 / 4 )) --config configs/mnist_lenet5_gpu_pool8.yaml --teacher "$ckpt/teacher.pt" \

@@ -6,7 +6,8 @@ The same stages as ``scripts/reproduce.sh`` (same configs, models, attacks, loss
 with the data, pools and fixed test sets held in device memory instead of Zarr stores:
 
 1. the teacher (E_t, C_t, D_t) and the transfer substitute, ``teacher.epochs`` each;
-2. the training pool: ``pool.attacks`` against the teacher on the training set, quantised to 8 bits as the store is;
+2. the training pool: ``pool.attacks`` against the teacher on the training set, quantised to 8 bits as the store is
+   (skipped when no stage reads it: only ``at`` and online variants, and no step benchmark);
 3. the fixed test sets: ``paper`` (every evaluation attack against the teacher, quantised like the paper store) and
    ``transfer`` (against the substitute); CW and JSMA on the first ``evaluation.slow_attack_limit`` images;
    ``--fixed-sets PATH`` saves them there, or loads them when the file exists (runs sharing one GPU share one set);
@@ -14,7 +15,9 @@ with the data, pools and fixed test sets held in device memory instead of Zarr s
    attacks online every batch as the official code does);
 5. the training variants (``--variants``, default ``mid mid_refresh at``): a MID variant reads
    ``<config dir>/<config name>/<variant>.yaml`` when it exists (``pool.refresh_every`` > 0 regenerates the pool
-   against the current deployed model, as ``jobs/train_mid.py`` does), ``at`` is Madry PGD adversarial training;
+   against the current deployed model, as ``jobs/train_mid.py`` does; ``mid.online_attacks: true`` generates each
+   batch's views against it just before the step instead, a diagnostic the Ray job does not offer), ``at`` is
+   Madry PGD adversarial training;
 6. evaluation: ``paper`` and ``transfer`` rows for every model, then ``whitebox`` rows (AutoAttack first, then the
    PGD-restarts verdict, then the other columns) while the budget lasts; a row cut short says which columns it lacks.
 
@@ -71,7 +74,6 @@ def variant_config(base_path: Path, cfg: ExperimentConfig, variant: str, overrid
     return cfg
 
 
-
 def parse_inits(items: list[str], mid_variants: list[str], teacher: Path | None) -> dict[str, Path]:
     """``VARIANT=PATH`` options -> {variant: checkpoint}; each variant must be trained in this run, the file must
     exist, and the teacher it was trained with must be given (``--teacher``)."""
@@ -88,7 +90,6 @@ def parse_inits(items: list[str], mid_variants: list[str], teacher: Path | None)
     if inits and teacher is None:
         raise ValueError("--init-from needs --teacher (the teacher the checkpoint was trained with)")
     return inits
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,18 +198,20 @@ def main(argv: list[str] | None = None) -> int:
         if "transfer" in set_protocols and "transfer" not in fixed else None
     teacher_clf = classifier_of(teacher)
 
-    # 2. training pool against the teacher
+    # 2. training pool against the teacher (not needed when every MID variant generates its views online)
     t0 = time.perf_counter()
     pool_specs = attack_specs(cfg.pool.attacks, cfg.pool.eps, cfg.pool.steps, cfg.pool.step_size)
-    adv = attack_views(teacher_clf, train.images, train.labels, pool_specs, cfg.seed, cfg.pool.batch_size, True, k,
-                       stable_seeds=True)
-    pool = {BENIGN: torch.round(train.images * 255).to(torch.uint8), **adv}
-    sync(device)
-    seconds = time.perf_counter() - t0
-    results.stage("pool", seconds, images=len(train), attacks=list(pool_specs),
-                  images_attacks_per_second=len(train) * len(pool_specs) / seconds,
-                  success_rate=success_rates(teacher_clf, adv, train.labels))
-    log(f"pool: {len(train)} images x {len(pool_specs)} attacks in {seconds:.1f}s")
+    pool = {BENIGN: torch.round(train.images * 255).to(torch.uint8)}
+    if args.bench_repeats or any(not c.mid.online_attacks for c in variant_cfgs.values()):
+        adv = attack_views(teacher_clf, train.images, train.labels, pool_specs, cfg.seed, cfg.pool.batch_size, True,
+                           k, stable_seeds=True)
+        pool.update(adv)
+        sync(device)
+        seconds = time.perf_counter() - t0
+        results.stage("pool", seconds, images=len(train), attacks=list(pool_specs),
+                      images_attacks_per_second=len(train) * len(pool_specs) / seconds,
+                      success_rate=success_rates(teacher_clf, adv, train.labels))
+        log(f"pool: {len(train)} images x {len(pool_specs)} attacks in {seconds:.1f}s")
 
     # 3. fixed test sets (generated, or loaded with --fixed-sets)
     eval_specs = attack_specs(ev.attacks, ev.eps, ev.steps, ev.step_size)
@@ -243,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.evaluate:
         name, _, path = item.partition("=")
         models[name] = load_robust_model(path).to(device)
+
     def record_curve(name: str, model: torch.nn.Module, info: dict[str, Any]) -> None:
         """Score ``model`` on the fixed sets after an epoch: ``info["curve"]`` gains one point, results.json is rewritten."""
         point = {"epoch": info["epochs_completed"]}
@@ -272,18 +276,25 @@ def main(argv: list[str] | None = None) -> int:
             vcfg = variant_cfgs[variant]
             vattacks = list(vcfg.mid.attacks or vcfg.pool.attacks)
             vspecs = attack_specs(vattacks, vcfg.pool.eps, vcfg.pool.steps, vcfg.pool.step_size)
-            missing = {a: s_ for a, s_ in vspecs.items() if a not in pool}
+            missing = {a: s_ for a, s_ in vspecs.items() if a not in pool and not vcfg.mid.online_attacks}
             if missing:  # a variant training on attacks the shared pool lacks: generate them against the teacher
                 t1 = time.perf_counter()
                 pool.update(attack_views(teacher_clf, train.images, train.labels, missing, cfg.seed,
                                          cfg.pool.batch_size, True, k, stable_seeds=True))
                 results.stage(f"pool_extra_{variant}", time.perf_counter() - t1, attacks=list(missing))
-            variant_pool = {BENIGN: pool[BENIGN], **{a: pool[a] for a in vattacks}}
+            variant_pool = {BENIGN: pool[BENIGN], **({} if vcfg.mid.online_attacks else {a: pool[a] for a in vattacks})}
 
             def regenerate(deployed: torch.nn.Module, epoch: int, vcfg: ExperimentConfig = vcfg,
                            vspecs: dict[str, AttackSpec] = vspecs) -> dict[str, torch.Tensor]:
                 return attack_views(deployed, train.images, train.labels, vspecs, vcfg.seed + epoch,
                                     vcfg.pool.batch_size, True, k, stable_seeds=True)
+
+            def online(deployed: torch.nn.Module, idx: torch.Tensor, step: int, vcfg: ExperimentConfig = vcfg,
+                       vspecs: dict[str, AttackSpec] = vspecs) -> dict[str, torch.Tensor]:
+                """The batch's views against the current deployed model (``mid.online_attacks``), quantised as the
+                store's; one seed per step."""
+                return attack_views(deployed, train.images[idx], train.labels[idx], vspecs, vcfg.seed + step,
+                                    len(idx), True, k, stable_seeds=True)
 
             def on_epoch(deployed: torch.nn.Module, info: dict[str, Any], variant: str = variant,
                          vcfg: ExperimentConfig = vcfg) -> None:
@@ -292,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                 record_curve(variant, deployed, info)
 
             model, info = train_mid_variant(vcfg, teacher, variant_pool, train.labels, test, cap, device, regenerate,
-                                            init=inits.get(variant), on_epoch=on_epoch)
+                                            init=inits.get(variant), on_epoch=on_epoch,
+                                            online=online if vcfg.mid.online_attacks else None)
         info["cap_seconds"] = cap
         models[variant] = model
         results.data["training"][variant] = info

@@ -1,12 +1,10 @@
 """Checkpoints: weights only, carry their config, refuse pickled objects, name both architectures on mismatch."""
 from __future__ import annotations
 
-import pickle
-
 import pytest
 import torch
 
-from mid_core.checkpoint import CheckpointError, load_classifier, load_robust_model, load_teacher, read_checkpoint, save_checkpoint
+from mid_core.checkpoint import CheckpointError, load_robust_model, load_teacher, read_checkpoint, save_checkpoint
 from mid_core.models import DeployedModel, Teacher, student_from_teacher
 
 

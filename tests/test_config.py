@@ -153,3 +153,11 @@ def test_continue_from_needs_another_variant_and_a_static_pool():
     with pytest.raises(ConfigError, match="static pool only"):
         config_from_dict({"mid": {"variant": "mid_long", "continue_from": "mid"}, "pool": {"refresh_every": 1}})
     assert config_from_dict({"mid": {"variant": "mid_long", "continue_from": "mid"}}).mid.continue_from == "mid"
+
+
+def test_online_attacks_leave_no_pool_to_refresh_or_continue():
+    with pytest.raises(ConfigError, match="pool.refresh_every: 0"):
+        config_from_dict({"mid": {"online_attacks": True}, "pool": {"refresh_every": 1}})
+    with pytest.raises(ConfigError, match="mid.continue_from: null"):
+        config_from_dict({"mid": {"variant": "mid_long", "online_attacks": True, "continue_from": "mid"}})
+    assert config_from_dict({"mid": {"online_attacks": True}}).mid.online_attacks

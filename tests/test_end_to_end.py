@@ -92,8 +92,6 @@ def test_mlflow_holds_the_four_stage_runs_with_artifacts(pipeline_run):
 
 
 def test_deployed_checkpoint_loads_as_robust_model(pipeline_run):
-    import torch
-
     from mid_core import load_robust_model
     from mid_core.datasets import load_dataset
 

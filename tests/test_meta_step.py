@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from mid_core.losses import LossWeights, adversarial_consistency, cyclic_consistency, feature_log_probs
 from mid_core.meta_step import BENIGN, MetaConfig, _domain_losses, apply_grads, draw_held_out, meta_step

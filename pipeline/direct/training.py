@@ -21,6 +21,8 @@ from pipeline.direct.budget import epoch_fits, log, sync
 from pipeline.generation import attack_specs
 from pipeline.train_mid import meta_config
 
+PROGRESS_EVERY_S = 120.0  # seconds between progress lines inside a training epoch
+
 
 def train_teacher_like(cfg: ExperimentConfig, seed: int, train: ImageData, test: ImageData,
                        device: torch.device) -> tuple[Teacher, dict[str, Any]]:
@@ -70,6 +72,7 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
                       regenerate: Callable[[torch.nn.Module, int], dict[str, torch.Tensor]],
                       init: Path | None = None,
                       on_epoch: Callable[[torch.nn.Module, dict[str, Any]], None] | None = None,
+                      online: Callable[[torch.nn.Module, torch.Tensor, int], dict[str, torch.Tensor]] | None = None,
                       ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """MID on an in-memory pool (``pool``: ``BENIGN`` and each attack -> uint8 ``(N, C, H, W)``), as the Ray worker
     does: Adam, one meta step per batch, held-out domain ``draw_held_out(domains, seed, step)``; with
@@ -78,7 +81,13 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
 
     ``init``: a deployed checkpoint of this script to continue from (student weights, epoch and step numbering;
     the Adam state starts fresh, so this is not exactly one longer run, and the info says so).
-    ``on_epoch(deployed, info)`` runs after every epoch (e.g. to checkpoint and score the model)."""
+    ``on_epoch(deployed, info)`` runs after every epoch (e.g. to checkpoint and score the model).
+    ``online(deployed, idx, step)`` (required with ``mid.online_attacks``): the uint8 attack views
+    ``(len(idx), C, H, W)`` of the batch ``idx`` generated against the current deployed model, used instead of
+    the pool's (which then needs only ``BENIGN``); their generation time is logged as ``attack_seconds``."""
+    if cfg.mid.online_attacks != (online is not None):
+        raise ValueError("mid.online_attacks and the online view generator go together: pass online= exactly when "
+                         "the config sets mid.online_attacks: true")
     torch.manual_seed(cfg.seed)
     if cfg.mid.use_distillation:  # student encoder E_s; deployed = E_s then the frozen C_t
         student = student_from_teacher(teacher, cfg.mid.student_init).to(device)
@@ -93,7 +102,7 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
         student.load_state_dict(weights)
     opt = torch.optim.Adam(student.parameters(), lr=cfg.mid.lr)
     mcfg = meta_config(cfg)
-    attacks = [a for a in pool if a != BENIGN]
+    attacks = list(cfg.mid.attacks or cfg.pool.attacks) if online else [a for a in pool if a != BENIGN]
     domains = [BENIGN, *attacks]
     n, b = labels.shape[0], cfg.mid.batch_size
     used, history, refreshes = 0.0, [], []
@@ -101,6 +110,7 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
     info: dict[str, Any] = {"epochs_planned": cfg.mid.epochs, "history": history, "refreshes": refreshes,
                             "attacks": attacks, "held_out_count": held_counts,
                             "init_from": str(init) if init else None, "start_epoch": start_epoch,
+                            "online_attacks": online is not None,
                             "optimizer_state": "fresh Adam at start_epoch" if init else "from scratch"}
     validation = test.subset(cfg.evaluation.limit or 1000)
     for epoch in range(start_epoch, cfg.mid.epochs):
@@ -109,10 +119,19 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch * 7919)).to(device)
         sums: dict[str, float] = {}
-        batches = 0
+        batches, last_log = 0, t0
         for i in range(0, n - b + 1, b):  # drop_last, as the Ray worker
+            if time.perf_counter() - last_log > PROGRESS_EVERY_S:  # long epochs (CPU, online attacks) show progress
+                last_log = time.perf_counter()
+                log(f"{cfg.mid.variant} epoch {epoch + 1}: step {batches}/{n // b}, {last_log - t0:.0f}s")
             idx = order[i:i + b]
-            views = {d: pool[d][idx].float().div_(255.0) for d in domains}
+            if online is not None:
+                t1 = time.perf_counter()
+                batch = {BENIGN: pool[BENIGN][idx], **online(deployed, idx, step)}
+                sums["attack_seconds"] = sums.get("attack_seconds", 0.0) + time.perf_counter() - t1
+            else:
+                batch = {d: pool[d][idx] for d in domains}
+            views = {d: batch[d].float().div_(255.0) for d in domains}
             held_out = draw_held_out(domains, cfg.seed, step)
             held_counts[held_out] += 1
             result = meta_step(student, teacher, views, labels[idx], held_out, mcfg)
@@ -123,7 +142,10 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
             batches += 1
             for k_, v in result.metrics.items():
                 sums[k_] = sums.get(k_, 0.0) + v
+        attack_seconds = sums.pop("attack_seconds", None)
         metrics = {k_: v / max(batches, 1) for k_, v in sums.items()}
+        if attack_seconds is not None:  # the epoch's online attack generation, in total
+            metrics["attack_seconds"] = attack_seconds
         metrics["val_clean_accuracy"] = accuracy(deployed, validation.images, validation.labels, 10_000)
         student.train()
         sync(device)
