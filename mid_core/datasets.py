@@ -101,7 +101,8 @@ def _load_raw_gz(name: str, split: str, data_root: str | os.PathLike | None) -> 
 
 
 def _to_unit_range_u8(images_u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images_u8)).float().div_(255.0)
+    # np.array copies: the IDX reader's array is a read-only view of the file buffer, which torch warns about
+    return torch.from_numpy(np.array(images_u8, order="C")).float().div_(255.0)
 
 
 def load_digits(split: str) -> ImageData:
