@@ -119,7 +119,7 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch * 7919)).to(device)
         sums: dict[str, float] = {}
-        batches, last_log = 0, t0
+        batches, last_log, attack_seconds = 0, t0, 0.0
         for i in range(0, n - b + 1, b):  # drop_last, as the Ray worker
             if time.perf_counter() - last_log > PROGRESS_EVERY_S:  # long epochs (CPU, online attacks) show progress
                 last_log = time.perf_counter()
@@ -128,7 +128,7 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
             if online is not None:
                 t1 = time.perf_counter()
                 batch = {BENIGN: pool[BENIGN][idx], **online(deployed, idx, step)}
-                sums["attack_seconds"] = sums.get("attack_seconds", 0.0) + time.perf_counter() - t1
+                attack_seconds += time.perf_counter() - t1
             else:
                 batch = {d: pool[d][idx] for d in domains}
             views = {d: batch[d].float().div_(255.0) for d in domains}
@@ -142,9 +142,8 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
             batches += 1
             for k_, v in result.metrics.items():
                 sums[k_] = sums.get(k_, 0.0) + v
-        attack_seconds = sums.pop("attack_seconds", None)
         metrics = {k_: v / max(batches, 1) for k_, v in sums.items()}
-        if attack_seconds is not None:  # the epoch's online attack generation, in total
+        if online is not None:  # the epoch's online attack generation, in total
             metrics["attack_seconds"] = attack_seconds
         metrics["val_clean_accuracy"] = accuracy(deployed, validation.images, validation.labels, 10_000)
         student.train()
