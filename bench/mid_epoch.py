@@ -305,6 +305,17 @@ def _plain_decoder(teacher: Any) -> Any:
     return teacher
 
 
+def _set_globals(threads: int, flush_denormal: bool, onednn_transpose: bool) -> None:
+    """Set the process-global settings a lever varies (restored to the defaults by ``_set_globals(1, False, False)``)."""
+    import torch.nn.functional as F
+
+    from mid_core import single_channel_conv
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(flush_denormal)
+    single_channel_conv.TRANSPOSE_KERNEL = F.conv_transpose2d if onednn_transpose else single_channel_conv.transpose_as_matmul
+
+
 def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int = BATCH,
            only: list[str] | None = None) -> dict[str, Any]:
     """In-process levers, interleaved: per config the SO, FO and clean step times on one batch.
@@ -313,6 +324,8 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
     the same function and weights; ``plain_decoder`` the teacher's decoder before its last layer became a
     ``SingleChannelConvTranspose2d``; ``flush_denormal`` flushes subnormal floats to zero
     (``torch.set_flush_denormal``: subnormals are slow on x86 and gradients of mostly-black images can underflow);
+    ``onednn_transpose`` runs the 1-output-channel transposed convolution through oneDNN (``F.conv_transpose2d``)
+    instead of ``transpose_as_matmul`` (compare ``onednn_transpose_threads2`` with ``threads2``);
     ``threads1`` uses the current code.
     """
     views, labels, clean_u8 = _lever_batch(backbone, seed, batch)
@@ -326,6 +339,8 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
         "plain_conv": {"threads": 1, "plain": True},
         "plain_decoder": {"threads": 1, "plain_decoder": True},
         "flush_denormal": {"threads": 1, "flush_denormal": True},
+        "onednn_transpose": {"threads": 1, "onednn_transpose": True},
+        "onednn_transpose_threads2": {"threads": 2, "onednn_transpose": True},
         "threads2": {"threads": 2},
         "channels_last": {"threads": 1, "fmt": cl_fmt},
         "bf16_autocast": {"threads": 1, "autocast": True},
@@ -342,13 +357,12 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
         so = MidVariant(t, st, False, seed, c.get("fmt"), c.get("autocast", False))
         fo = MidVariant(t, st, True, seed, c.get("fmt"), c.get("autocast", False))
         cl = CleanVariant(cf, c.get("fmt"), c.get("autocast", False))
-        th, fd = c["threads"], c.get("flush_denormal", False)  # every variant sets both: they are process-global
-        variants[f"{name}/so"] = (lambda so=so, th=th, fd=fd: (torch.set_num_threads(th), torch.set_flush_denormal(fd),
-                                                               so.step(views, labels, "PGD_N")))
-        variants[f"{name}/fo"] = (lambda fo=fo, th=th, fd=fd: (torch.set_num_threads(th), torch.set_flush_denormal(fd),
-                                                               fo.step(views, labels, "PGD_N")))
-        variants[f"{name}/clean"] = (lambda cl=cl, th=th, fd=fd: (torch.set_num_threads(th), torch.set_flush_denormal(fd),
-                                                                  cl.step(clean_u8, labels)))
+        # every variant sets the threads, denormal flushing and the transposed-convolution kernel: they are
+        # process-global
+        setting = (c["threads"], c.get("flush_denormal", False), c.get("onednn_transpose", False))
+        variants[f"{name}/so"] = (lambda so=so, s=setting: (_set_globals(*s), so.step(views, labels, "PGD_N")))
+        variants[f"{name}/fo"] = (lambda fo=fo, s=setting: (_set_globals(*s), fo.step(views, labels, "PGD_N")))
+        variants[f"{name}/clean"] = (lambda cl=cl, s=setting: (_set_globals(*s), cl.step(clean_u8, labels)))
     compile_note: dict[str, Any] = {}
     if with_compile:
         torch.set_num_threads(1)
@@ -366,8 +380,7 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
                                             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
         print(f"[c] torch.compile(student): {json.dumps(compile_note)}", flush=True)
     timings = C.interleave(variants, rounds=rounds, warmup=1)
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(False)
+    _set_globals(1, False, False)
     med = C.med(timings)
     table: dict[str, dict[str, float]] = {}
     for key, sec in med.items():
@@ -435,6 +448,9 @@ def main() -> None:
     p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
     p.add_argument("--levers", default="", help="comma-separated (c) levers to measure against threads1, e.g. "
                    "plain_decoder (default: all, plus torch.compile and the allocator)")
+    p.add_argument("--transpose-kernel", choices=["matmul", "onednn"], default="matmul",
+                   help="kernel of the 1-output-channel transposed convolution for (a) and (b): mid_core's Toeplitz "
+                   "matmul (default) or oneDNN's F.conv_transpose2d (the kernel before session 9), to compare runs")
     p.add_argument("--lever-child", default=None, help=argparse_hidden())
     p.add_argument("--rounds", type=int, default=3, help=argparse_hidden())
     p.add_argument("--keep-heap", action="store_true", help=argparse_hidden())
@@ -444,7 +460,9 @@ def main() -> None:
         return
     info = C.banner("mid_epoch", args)
     malloc_set = C.malloc_keep_heap() if args.malloc == "keep" else False
-    print(f"malloc keep-heap: {malloc_set}; torch threads {args.threads}", flush=True)
+    _set_globals(1, False, args.transpose_kernel == "onednn")
+    print(f"malloc keep-heap: {malloc_set}; torch threads {args.threads}; transposed convolution: "
+          f"{args.transpose_kernel}", flush=True)
     backbones = (args.backbones.split(",") if args.backbones else
                  (["lenet5_classic"] if args.quick else ["lenet5_classic", "lenet5"]))
     skip = set(filter(None, args.skip.split(",")))
@@ -473,7 +491,7 @@ def main() -> None:
     speed_fo = part_b[b_bb]["first_order"]["speedup_store_vs_online"] if b_bb else None
     emit_payload = {
         "benchmark": "mid_epoch", "quick": args.quick, "machine": info, "threads": args.threads,
-        "malloc_keep_heap": malloc_set,
+        "malloc_keep_heap": malloc_set, "transpose_kernel": args.transpose_kernel,
         "ratio_second_order": so, "ratio_first_order": fo, "ratio_backbone": main_bb,
         "goal_second_order": C.goal(so, "<=", 20), "goal_first_order": C.goal(fo, "<=", 12),
         "per_backbone": {bb: {"ratio_second_order": r["ratio_second_order"], "ratio_first_order": r["ratio_first_order"],

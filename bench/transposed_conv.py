@@ -12,6 +12,12 @@ rewrites of that op side by side (interleaved, median) and checks each one equal
     padded_conv       conv2d(pad(g, k - 1), flipped w): a 6 -> 1 convolution
     depthwise_sum     depthwise transposed convolution (groups = C), then a sum over channels
     shifted_adds      1x1 convolution to k*k channels, then k*k shifted adds
+    toeplitz_matmul   mid_core's ``transpose_as_matmul``: one GEMM against per-kernel-row Toeplitz matrices (two
+                      column blocks), then shifted row sums (the kernel mid_core uses since session 9)
+
+It also times what the kernel choice buys an attack: 10 input-gradient steps of a classic LeNet-5 classifier on
+256 images (the input gradient of conv1 is this op with the conv1 weights), with ``_Transpose`` running oneDNN vs
+the Toeplitz matmul, interleaved.
 
     python -m bench.transposed_conv [--quick] [--rows N] [--threads T]
 """
@@ -24,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from bench import _common as C
+from mid_core import single_channel_conv
+from mid_core.single_channel_conv import transpose_as_matmul
 
 
 def _variants(g: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
@@ -49,6 +57,7 @@ def _variants(g: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> dict[str, Ca
 
     return {
         "onednn": lambda: F.conv_transpose2d(g, w),
+        "toeplitz_matmul": lambda: transpose_as_matmul(g, w),
         "onednn_bias": lambda: F.conv_transpose2d(g, w, b) - b.view(1, -1, 1, 1),
         "native": native,
         "fold": fold,
@@ -78,6 +87,36 @@ def measure(rows: int, threads: int, rounds: int, seed: int) -> dict[str, Any]:
             "fastest": min(med, key=med.get)}
 
 
+def measure_attack(threads: int, rounds: int, seed: int, steps: int = 10, batch: int = 256) -> dict[str, Any]:
+    """Seconds for ``steps`` input-gradient steps (an attack's inner loop) with each ``_Transpose`` kernel."""
+    from mid_core.models import StandardClassifier
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = StandardClassifier.from_backbone("lenet5_classic").eval().requires_grad_(False)
+    x = torch.rand(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+
+    def attack_steps(kernel: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        single_channel_conv.TRANSPOSE_KERNEL = kernel
+        adv = x.clone()
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(adv), y), adv)
+            adv = (adv.detach() + 0.01 * grad.sign()).clamp_(0, 1)
+
+    try:
+        timings = C.interleave({"onednn": lambda: attack_steps(F.conv_transpose2d),
+                                "toeplitz_matmul": lambda: attack_steps(transpose_as_matmul)}, rounds=rounds, warmup=1)
+    finally:
+        single_channel_conv.TRANSPOSE_KERNEL = transpose_as_matmul
+    med = C.med(timings)
+    speedup = med["onednn"] / med["toeplitz_matmul"]
+    print(f"[transposed_conv] attack: {steps} input-gradient steps, {batch} images, classic LeNet-5, {threads} thread(s): "
+          f"onednn {med['onednn']:.3f}s, toeplitz_matmul {med['toeplitz_matmul']:.3f}s ({speedup:.2f}x)", flush=True)
+    return {"seconds": med, "speedup": speedup, "steps": steps, "batch": batch}
+
+
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=None, help="images (default 1280 = 5 views x 256; quick 64)")
@@ -88,7 +127,9 @@ def main() -> None:
     t0 = time.perf_counter()
     result = measure(args.rows or (64 if args.quick else 1280), args.threads, args.rounds or (2 if args.quick else 7),
                      args.seed)
-    C.emit({"benchmark": "transposed_conv", "quick": args.quick, "machine": info, **result,
+    attack = measure_attack(args.threads, 2 if args.quick else 5, args.seed, steps=2 if args.quick else 10,
+                            batch=32 if args.quick else 256)
+    C.emit({"benchmark": "transposed_conv", "quick": args.quick, "machine": info, **result, "attack": attack,
             "ratio": result["relative_to_onednn"]["onednn_bias"],
             "note": "ratio = bias inside the kernel / without (why mid_core adds the decoder's bias outside)",
             "elapsed_seconds": time.perf_counter() - t0})

@@ -28,7 +28,7 @@ EXPECTED = {
                             "outputs_identical"},
     "generation_scaling": {"ratio", "goal", "speedup_2_vs_1_actors", "speedup_2_vs_1_actors_including_startup",
                            "multinode", "multinode_identical", "stores_1_vs_2_actors_identical"},
-    "transposed_conv": {"seconds", "relative_to_onednn", "max_abs_error", "fastest", "ratio"},
+    "transposed_conv": {"seconds", "relative_to_onednn", "max_abs_error", "fastest", "ratio", "attack"},
     "end_to_end": {"stages", "total_stage_seconds", "peak_driver_rss_mib", "peak_tree_anon_mib", "config"},
 }
 

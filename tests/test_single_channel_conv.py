@@ -12,6 +12,7 @@ from mid_core.single_channel_conv import (
     SingleChannelConvTranspose2d,
     single_channel_conv2d,
     single_channel_conv_transpose2d,
+    transpose_as_matmul,
 )
 
 
@@ -108,6 +109,24 @@ def test_transpose_double_backward_matches_conv_transpose2d() -> None:
             assert ours is None or not ours.abs().any()
         else:
             torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize(
+    "g_shape, w_shape",
+    [
+        ((2, 6, 24, 24), (6, 1, 5, 5)),  # the LeNet decoder's last layer: two column blocks
+        ((3, 4, 7, 9), (4, 1, 3, 3)),  # odd width: one block
+        ((2, 3, 6, 10), (3, 1, 2, 4)),  # non-square kernel, even width
+        ((1, 1, 1, 2), (1, 1, 1, 1)),  # the smallest case
+    ],
+)
+def test_matmul_kernel_equals_onednn_transpose(g_shape: tuple[int, ...], w_shape: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(1)
+    g = torch.randn(*g_shape, generator=gen, dtype=torch.float64)
+    w = torch.randn(*w_shape, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(transpose_as_matmul(g, w), F.conv_transpose2d(g, w))
+    strided = g.contiguous(memory_format=torch.channels_last)  # layout does not matter
+    torch.testing.assert_close(transpose_as_matmul(strided, w), F.conv_transpose2d(g, w))
 
 
 def test_transpose_rejects_mismatched_weight_with_clear_message() -> None:
