@@ -60,14 +60,17 @@ def _correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
                           for i in range(0, images.shape[0], batch_size)])
 
 
-def _square(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, queries: int,
-            restarts: int, seed: int) -> torch.Tensor:
-    """pyautoattack's Square (L-inf, margin loss, p_init 0.8, AutoAttack's fixed schedule) on ``images``."""
+def square_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, queries: int,
+                  restarts: int = 1, seed: int = 0) -> torch.Tensor:
+    """pyautoattack's Square (L-inf, margin loss, p_init 0.8, AutoAttack's fixed schedule) on ``images``
+    ``(N, C, H, W)`` in [0, 1] with true ``labels`` ``(N,)``; returns adversarial images of the same shape, inside the
+    eps ball and [0, 1]. Call it with ``model`` in eval mode. Each restart attacks only the points still unbroken."""
     from pyautoattack.square import SquareAttack
 
     attack = SquareAttack(model, norm="Linf", n_queries=queries, eps=eps, p_init=0.8, n_restarts=restarts,
                           seed=seed, verbose=False, device=images.device, resc_schedule=False)
-    return attack.perturb(images, labels)
+    adv = attack.perturb(images, labels)
+    return torch.minimum(torch.maximum(adv, images - eps), images + eps).clamp(0.0, 1.0)
 
 
 def _gradient_attacks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, seed: int,
@@ -139,8 +142,7 @@ def square_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
             t = time.perf_counter()
             idx = alive.nonzero().squeeze(1)
             if idx.numel():
-                x_sq = _square(model, images[idx], labels[idx], eps, stage_queries, stage_restarts, stage_seed)
-                x_sq = torch.minimum(torch.maximum(x_sq, images[idx] - eps), images[idx] + eps).clamp(0.0, 1.0)
+                x_sq = square_attack(model, images[idx], labels[idx], eps, stage_queries, stage_restarts, stage_seed)
                 alive[idx] = _correct(model, x_sq, labels[idx], batch_size)
             record(stage, alive, t)
     return result

@@ -156,6 +156,10 @@ class EvaluationConfig:
     verdict_pgd_restarts: int = 0
     verdict_pgd_steps: int = 100
     verdict_pgd_step_size: float = 0.01
+    # and, when AutoAttack's own check says its black-box Square still broke points the gradient attacks missed,
+    # a longer Square (mid_core.square_probe.square_attack) on the images that survive that worst case; 0 = off
+    verdict_square_queries: int = 0
+    verdict_square_restarts: int = 1
 
 
 @dataclass
@@ -303,6 +307,13 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
         raise ConfigError(f"evaluation.verdict_pgd_restarts must be >= 0 (0 = no verdict), got {cfg.evaluation.verdict_pgd_restarts}")
     _check_positive(cfg.evaluation.verdict_pgd_steps, "evaluation.verdict_pgd_steps")
     _check_positive(cfg.evaluation.verdict_pgd_step_size, "evaluation.verdict_pgd_step_size")
+    if cfg.evaluation.verdict_square_queries < 0:
+        raise ConfigError(f"evaluation.verdict_square_queries must be >= 0 (0 = no Square stage), got "
+                          f"{cfg.evaluation.verdict_square_queries}")
+    _check_positive(cfg.evaluation.verdict_square_restarts, "evaluation.verdict_square_restarts")
+    if cfg.evaluation.verdict_square_queries and not cfg.evaluation.verdict_pgd_restarts:
+        raise ConfigError("evaluation.verdict_square_queries runs inside the white-box verdict: set "
+                          "evaluation.verdict_pgd_restarts >= 1 too (e.g. 2)")
     if cfg.pool.refresh_every < 0:
         raise ConfigError(f"pool.refresh_every must be >= 0 (0 = static pool), got {cfg.pool.refresh_every}")
     if cfg.mid.online_attacks and (cfg.pool.refresh_every or cfg.mid.continue_from):

@@ -159,11 +159,37 @@ def whitebox_verdict(cfg: ExperimentConfig, model: torch.nn.Module, images: torc
     robust = predict(model, images, ev.batch_size) == labels
     for name, x_adv in {**bounded, "pgd_restarts": adv}.items():
         robust &= predict(model, x_adv, ev.batch_size) == labels
-    return {"clean": values["benign"], "autoattack": values.get("AA_N"), "pgd_restarts": result.accuracy,
-            "pgd_steps": ev.verdict_pgd_steps, "pgd_step_size": ev.verdict_pgd_step_size,
-            "restarts": ev.verdict_pgd_restarts, "per_sample_worst_case": float(robust.float().mean()),
-            "worst_case_over": sorted([*bounded, f"PGD-{ev.verdict_pgd_steps}x{ev.verdict_pgd_restarts}"]),
-            "images": int(labels.shape[0]), "seconds": time.perf_counter() - t0}
+    verdict = {"clean": values["benign"], "autoattack": values.get("AA_N"), "pgd_restarts": result.accuracy,
+               "pgd_steps": ev.verdict_pgd_steps, "pgd_step_size": ev.verdict_pgd_step_size,
+               "restarts": ev.verdict_pgd_restarts, "per_sample_worst_case": float(robust.float().mean()),
+               "worst_case_over": sorted([*bounded, f"PGD-{ev.verdict_pgd_steps}x{ev.verdict_pgd_restarts}"]),
+               "images": int(labels.shape[0])}
+    if ev.verdict_square_queries:
+        verdict.update(square_stage(cfg, model, images, labels, robust))
+    verdict["seconds"] = time.perf_counter() - t0
+    return verdict
+
+
+def square_stage(cfg: ExperimentConfig, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 robust: torch.Tensor) -> dict[str, Any]:
+    """The verdict's black-box stage: Square with ``verdict_square_queries`` queries and ``verdict_square_restarts``
+    restarts on the images still ``robust`` (bool ``(N,)``) after every white-box attack; returns the worst case
+    with it as a fraction of all images. Needs no gradients, so gradient masking cannot hide points from it."""
+    from mid_core.attacks.registry import frozen_eval
+    from mid_core.evaluation import predict
+    from mid_core.square_probe import square_attack
+
+    ev = cfg.evaluation
+    t0 = time.perf_counter()
+    robust = robust.clone()
+    idx = robust.nonzero().squeeze(1)
+    if idx.numel():
+        with frozen_eval(model), torch.no_grad():
+            adv = square_attack(model, images[idx], labels[idx], ev.eps, ev.verdict_square_queries,
+                                ev.verdict_square_restarts, seed=cfg.seed + 88_888)
+            robust[idx] = predict(model, adv, ev.batch_size) == labels[idx]
+    return {"square_queries": ev.verdict_square_queries, "square_restarts": ev.verdict_square_restarts,
+            "worst_case_with_square": float(robust.float().mean()), "square_seconds": time.perf_counter() - t0}
 
 
 def column_names(cfg: ExperimentConfig, n_test: int) -> list[str]:
@@ -188,12 +214,19 @@ def write_tables(cfg: ExperimentConfig, rows: list[dict[str, Any]], out_dir: Pat
         v0 = verdicts[0]["verdict"]
         md += ["", f"White-box verdict on {v0['images']} images (accuracy %): AutoAttack, PGD-{v0['pgd_steps']} "
                f"(step {v0['pgd_step_size']}) with {v0['restarts']} random restarts, and the per-sample worst case over "
-               "every L-inf attack of the whitebox row", "", "| model | clean | AutoAttack | PGD restarts | per-sample worst case |",
-               "|---|---|---|---|---|"]
+               "every L-inf attack of the whitebox row"
+               + (f", then Square ({v0['square_queries']} queries, {v0['square_restarts']} restart(s)) on what survives it"
+                  if "square_queries" in v0 else ""),
+               "", "| model | clean | AutoAttack | PGD restarts | per-sample worst case |"
+               + (" worst case + Square |" if "square_queries" in v0 else ""),
+               "|---|---|---|---|---|" + ("---|" if "square_queries" in v0 else "")]
         for r in verdicts:
             v = r["verdict"]
             aa = f"{100 * v['autoattack']:.2f}" if v["autoattack"] is not None else "n/a"
-            md.append(f"| {r['model']} | {100 * v['clean']:.2f} | {aa} | {100 * v['pgd_restarts']:.2f} | {100 * v['per_sample_worst_case']:.2f} |")
+            with_square = v.get("worst_case_with_square")
+            square = (f" {100 * with_square:.2f} |" if with_square is not None else " n/a |") if "square_queries" in v0 else ""
+            md.append(f"| {r['model']} | {100 * v['clean']:.2f} | {aa} | {100 * v['pgd_restarts']:.2f} | "
+                      f"{100 * v['per_sample_worst_case']:.2f} |{square}")
     warn_rows = [r for r in rows if r.get("sanity_warnings")]
     if warn_rows:
         md += ["", "Sanity-check warnings:"] + [f"- {r['protocol']}/{r['model']}: {w}" for r in warn_rows for w in r["sanity_warnings"]]

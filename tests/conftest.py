@@ -55,3 +55,29 @@ def trained():
     """Per test module: a freshly trained tiny classifier (tests may change its flags)."""
     torch.set_num_threads(1)
     return _train_tiny()
+
+
+class RoundedInputLinear(torch.nn.Module):
+    """A linear classifier on rounded pixels: exactly zero input gradients, so gradient attacks are blind to it
+    while a black-box attack (Square) breaks it. The textbook case of gradient masking."""
+
+    def __init__(self, classes: int = 10, pixels: int = 36):
+        super().__init__()
+        self.linear = torch.nn.Linear(pixels, classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
+        return self.linear(torch.round(x).flatten(1))
+
+
+@pytest.fixture
+def masked_case():
+    """(model, images (24, 1, 6, 6), labels): a ``RoundedInputLinear`` in eval mode with frozen weights, images of
+    pixels 0.2 / 0.8 (an eps-0.3 step flips a pixel's rounding), labels = its own predictions (100% clean)."""
+    torch.manual_seed(0)
+    model = RoundedInputLinear().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    images = (torch.rand(24, 1, 6, 6) < 0.5).float() * 0.6 + 0.2
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    return model, images, labels

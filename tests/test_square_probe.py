@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from mid_core.square_probe import STAGES, square_probe
 
@@ -19,19 +18,6 @@ def _cli_main():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
-
-
-class _RoundedInputLinear(nn.Module):
-    """A linear classifier on rounded pixels: exactly zero input gradients, so gradient attacks are blind."""
-
-    def __init__(self, weight: torch.Tensor):
-        super().__init__()
-        self.linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-        with torch.no_grad():
-            self.linear.weight.copy_(weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
-        return self.linear(torch.round(x).flatten(1))
 
 
 def test_stages_never_increase_and_start_at_clean_accuracy(trained):
@@ -47,12 +33,8 @@ def test_stages_never_increase_and_start_at_clean_accuracy(trained):
     json.dumps(result.to_dict())  # the CLI prints this
 
 
-def test_square_breaks_a_model_whose_gradients_are_zero():
-    torch.manual_seed(0)
-    images = (torch.rand(24, 1, 6, 6) < 0.5).float() * 0.6 + 0.2  # pixels 0.2 / 0.8: a 0.3 step flips the rounding
-    model = _RoundedInputLinear(torch.randn(10, 36))
-    with torch.no_grad():
-        labels = model(images).argmax(1)  # clean accuracy 100% by construction
+def test_square_breaks_a_model_whose_gradients_are_zero(masked_case):
+    model, images, labels = masked_case
     result = square_probe(model, images, labels, eps=0.3, queries=5200, seed=0)
     assert result.accuracy["clean"] == 100.0
     # gradient attacks only move by their random starts; the black-box Square finds what they miss
