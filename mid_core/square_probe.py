@@ -14,7 +14,7 @@ more. This probe measures that, per image, in stages on the same images:
 
 Each stage attacks only the points that survived the previous one, so the accuracies never increase and the
 last one is the tightest upper bound on robust accuracy the probe found. ``strong_gap`` (stage 3 minus stage 4,
-in accuracy points) is the masking signal: 0 means a 4x longer black-box search found nothing AutoAttack had
+in accuracy points) is the masking signal: 0 means a longer black-box search found nothing AutoAttack had
 missed.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .attacks.registry import frozen_eval
+from .evaluation import predict
 
 STAGES = ("clean", "gradient", "autoattack", "strong_square")
 GRADIENT_ATTACKS = ("apgd-ce", "apgd-t", "fab-t")  # standard AutoAttack before its Square
@@ -52,12 +53,6 @@ class SquareProbeResult:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "strong_gap": self.strong_gap}
-
-
-def _correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]
-                          for i in range(0, images.shape[0], batch_size)])
 
 
 def square_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, queries: int,
@@ -128,12 +123,12 @@ def square_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
 
     with frozen_eval(model), torch.enable_grad():
         t = time.perf_counter()
-        alive = _correct(model, images, labels, batch_size)
+        alive = predict(model, images, batch_size) == labels
         record("clean", alive, t)
 
         t = time.perf_counter()
         adv = _gradient_attacks(model, images, labels, eps, seed, batch_size)
-        alive &= _correct(model, adv, labels, batch_size)
+        alive &= predict(model, adv, batch_size) == labels
         record("gradient", alive, t)
 
         for stage, stage_queries, stage_restarts, stage_seed in (
@@ -143,6 +138,6 @@ def square_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
             idx = alive.nonzero().squeeze(1)
             if idx.numel():
                 x_sq = square_attack(model, images[idx], labels[idx], eps, stage_queries, stage_restarts, stage_seed)
-                alive[idx] = _correct(model, x_sq, labels[idx], batch_size)
+                alive[idx] = predict(model, x_sq, batch_size) == labels[idx]
             record(stage, alive, t)
     return result
