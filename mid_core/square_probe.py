@@ -59,13 +59,27 @@ def square_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
                   restarts: int = 1, seed: int = 0) -> torch.Tensor:
     """pyautoattack's Square (L-inf, margin loss, p_init 0.8, AutoAttack's fixed schedule) on ``images``
     ``(N, C, H, W)`` in [0, 1] with true ``labels`` ``(N,)``; returns adversarial images of the same shape, inside the
-    eps ball and [0, 1]. Call it with ``model`` in eval mode. Each restart attacks only the points still unbroken."""
+    eps ball and [0, 1]. The model runs in eval mode with frozen parameters (restored after). Each restart attacks
+    only the points still unbroken."""
     from pyautoattack.square import SquareAttack
 
     attack = SquareAttack(model, norm="Linf", n_queries=queries, eps=eps, p_init=0.8, n_restarts=restarts,
                           seed=seed, verbose=False, device=images.device, resc_schedule=False)
-    adv = attack.perturb(images, labels)
+    with frozen_eval(model), torch.no_grad():
+        adv = attack.perturb(images, labels)
     return torch.minimum(torch.maximum(adv, images - eps), images + eps).clamp(0.0, 1.0)
+
+
+def square_survivors(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, robust: torch.Tensor, eps: float,
+                     queries: int, restarts: int = 1, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+    """``robust`` (bool ``(N,)``) after ``square_attack`` on the images still robust: a new mask, each image robust
+    only if it was and Square did not break it. Images already broken are not attacked again."""
+    robust = robust.clone()
+    idx = robust.nonzero().squeeze(1)
+    if idx.numel():
+        adv = square_attack(model, images[idx], labels[idx], eps, queries, restarts, seed)
+        robust[idx] = predict(model, adv, batch_size) == labels[idx]
+    return robust
 
 
 def _gradient_attacks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, seed: int,
@@ -135,9 +149,7 @@ def square_probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
                 ("autoattack", STANDARD_SQUARE_QUERIES, 1, seed),
                 ("strong_square", queries, restarts, seed + 1)):
             t = time.perf_counter()
-            idx = alive.nonzero().squeeze(1)
-            if idx.numel():
-                x_sq = square_attack(model, images[idx], labels[idx], eps, stage_queries, stage_restarts, stage_seed)
-                alive[idx] = predict(model, x_sq, batch_size) == labels[idx]
+            alive = square_survivors(model, images, labels, alive, eps, stage_queries, stage_restarts, stage_seed,
+                                     batch_size)
             record(stage, alive, t)
     return result

@@ -175,19 +175,12 @@ def square_stage(cfg: ExperimentConfig, model: torch.nn.Module, images: torch.Te
     """The verdict's black-box stage: Square with ``verdict_square_queries`` queries and ``verdict_square_restarts``
     restarts on the images still ``robust`` (bool ``(N,)``) after every white-box attack; returns the worst case
     with it as a fraction of all images. Needs no gradients, so gradient masking cannot hide points from it."""
-    from mid_core.attacks.registry import frozen_eval
-    from mid_core.evaluation import predict
-    from mid_core.square_probe import square_attack
+    from mid_core.square_probe import square_survivors
 
     ev = cfg.evaluation
     t0 = time.perf_counter()
-    robust = robust.clone()
-    idx = robust.nonzero().squeeze(1)
-    if idx.numel():
-        with frozen_eval(model), torch.no_grad():
-            adv = square_attack(model, images[idx], labels[idx], ev.eps, ev.verdict_square_queries,
-                                ev.verdict_square_restarts, seed=cfg.seed + 88_888)
-            robust[idx] = predict(model, adv, ev.batch_size) == labels[idx]
+    robust = square_survivors(model, images, labels, robust, ev.eps, ev.verdict_square_queries,
+                              ev.verdict_square_restarts, seed=cfg.seed + 88_888, batch_size=ev.batch_size)
     return {"square_queries": ev.verdict_square_queries, "square_restarts": ev.verdict_square_restarts,
             "worst_case_with_square": float(robust.float().mean()), "square_seconds": time.perf_counter() - t0}
 

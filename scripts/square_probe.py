@@ -6,7 +6,8 @@
 Loads a zoo or run checkpoint with ``mid_core.load_robust_model``, takes the first ``--limit`` test images, and runs
 the stages of ``mid_core.square_probe`` (clean, AutoAttack's gradient attacks, its standard Square, a strong
 Square), printing each stage as it ends and, as the last line, one JSON object with every figure. ``--out`` also
-writes that object to a file. On the CPU CI machine, 1,000 MNIST images of a 60%-robust classic LeNet take minutes.
+writes that object to a file. On the 2-core CPU machine, 1,000 MNIST images of a 60%-robust classic LeNet took
+~33 minutes at 1 thread with 20,000 queries x 2 restarts (docs/results.md, "Session 10").
 """
 from __future__ import annotations
 
