@@ -291,6 +291,21 @@ def _plain_layout(model: Any) -> Any:
     return model
 
 
+def _native_pool(model: Any) -> Any:
+    """A copy of ``model`` whose LeNet encoders pool with PyTorch's ``nn.MaxPool2d(2)`` instead of
+    ``mid_core.max_pool.MaxPool2x2`` (the same function and gradients; the layout before session 11)."""
+    from torch import nn
+
+    from mid_core.max_pool import MaxPool2x2
+
+    model = copy.deepcopy(model)
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        for i, layer in enumerate(seq):
+            if isinstance(layer, MaxPool2x2):
+                seq[i] = nn.MaxPool2d(2)
+    return model
+
+
 def _plain_decoder(teacher: Any) -> Any:
     """A copy of ``teacher`` whose decoder ends in a plain ``nn.ConvTranspose2d`` (bias inside oneDNN's kernel,
     PyTorch's generic double backward): the layout before ``SingleChannelConvTranspose2d``, same weights."""
@@ -326,12 +341,14 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
     (``torch.set_flush_denormal``: subnormals are slow on x86 and gradients of mostly-black images can underflow);
     ``onednn_transpose`` runs the 1-output-channel transposed convolution through oneDNN (``F.conv_transpose2d``)
     instead of ``transpose_as_matmul`` (compare ``onednn_transpose_threads2`` with ``threads2``);
-    ``threads1`` uses the current code.
+    ``native_pool`` pools with ``nn.MaxPool2d`` instead of ``MaxPool2x2`` (compare ``native_pool_threads2`` with
+    ``threads2``); ``threads1`` uses the current code.
     """
     views, labels, clean_u8 = _lever_batch(backbone, seed, batch)
     teacher, student, clf = _models(backbone, seed)
     plain = (_plain_layout(teacher), _plain_layout(student), _plain_layout(clf))
     plain_decoder = (_plain_decoder(teacher), student, clf)
+    native_pool = (_native_pool(teacher), _native_pool(student), _native_pool(clf))
     cl_fmt = torch.channels_last
     teacher_cl = copy.deepcopy(teacher).to(memory_format=cl_fmt)
     configs: dict[str, dict[str, Any]] = {
@@ -342,6 +359,8 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
         "onednn_transpose": {"threads": 1, "onednn_transpose": True},
         "onednn_transpose_threads2": {"threads": 2, "onednn_transpose": True},
         "threads2": {"threads": 2},
+        "native_pool": {"threads": 1, "native_pool": True},
+        "native_pool_threads2": {"threads": 2, "native_pool": True},
         "channels_last": {"threads": 1, "fmt": cl_fmt},
         "bf16_autocast": {"threads": 1, "autocast": True},
     }
@@ -352,7 +371,8 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
         configs = {name: c for name, c in configs.items() if name in only or name == "threads1"}
     variants: dict[str, Any] = {}
     for name, c in configs.items():
-        t, st, cf = plain if c.get("plain") else plain_decoder if c.get("plain_decoder") else (teacher, student, clf)
+        t, st, cf = (plain if c.get("plain") else plain_decoder if c.get("plain_decoder")
+                     else native_pool if c.get("native_pool") else (teacher, student, clf))
         t = teacher_cl if c.get("fmt") is not None else t
         so = MidVariant(t, st, False, seed, c.get("fmt"), c.get("autocast", False))
         fo = MidVariant(t, st, True, seed, c.get("fmt"), c.get("autocast", False))
@@ -451,6 +471,11 @@ def main() -> None:
     p.add_argument("--transpose-kernel", choices=["matmul", "onednn"], default="matmul",
                    help="kernel of the 1-output-channel transposed convolution for (a) and (b): mid_core's Toeplitz "
                    "matmul (default) or oneDNN's F.conv_transpose2d (the kernel before session 9), to compare runs")
+    p.add_argument("--pool-kernel", choices=["fast", "native"], default="fast",
+                   help="2x2 max-pooling of the LeNet encoders for (a) and (b): mid_core's MaxPool2x2 (default) or "
+                   "PyTorch's max_pool2d (the kernel before session 11), to compare runs")
+    p.add_argument("--lever-rounds", type=int, default=None,
+                   help="timed rounds per (c) lever (default 4 for lenet5_classic, 2 for lenet5, 1 quick)")
     p.add_argument("--lever-child", default=None, help=argparse_hidden())
     p.add_argument("--rounds", type=int, default=3, help=argparse_hidden())
     p.add_argument("--keep-heap", action="store_true", help=argparse_hidden())
@@ -461,8 +486,12 @@ def main() -> None:
     info = C.banner("mid_epoch", args)
     malloc_set = C.malloc_keep_heap() if args.malloc == "keep" else False
     _set_globals(1, False, args.transpose_kernel == "onednn")
+    if args.pool_kernel == "native":
+        from bench.max_pool import use_native_pool
+
+        use_native_pool(True)
     print(f"malloc keep-heap: {malloc_set}; torch threads {args.threads}; transposed convolution: "
-          f"{args.transpose_kernel}", flush=True)
+          f"{args.transpose_kernel}; max-pooling: {args.pool_kernel}", flush=True)
     backbones = (args.backbones.split(",") if args.backbones else
                  (["lenet5_classic"] if args.quick else ["lenet5_classic", "lenet5"]))
     skip = set(filter(None, args.skip.split(",")))
@@ -479,7 +508,8 @@ def main() -> None:
         for bb in backbones:
             heavy = bb == "lenet5"
             only = list(filter(None, args.levers.split(",")))
-            part_c[bb] = levers(bb, args.seed, rounds=1 if args.quick else (2 if heavy else 4),
+            rounds = args.lever_rounds or (1 if args.quick else (2 if heavy else 4))
+            part_c[bb] = levers(bb, args.seed, rounds=rounds,
                                 with_compile=not args.quick and not only, batch=64 if args.quick else BATCH, only=only)
             if not args.quick and not only:
                 part_c[bb]["allocator"] = allocator_lever(bb, args.seed, pairs=2, rounds=2 if heavy else 3)
@@ -491,7 +521,7 @@ def main() -> None:
     speed_fo = part_b[b_bb]["first_order"]["speedup_store_vs_online"] if b_bb else None
     emit_payload = {
         "benchmark": "mid_epoch", "quick": args.quick, "machine": info, "threads": args.threads,
-        "malloc_keep_heap": malloc_set, "transpose_kernel": args.transpose_kernel,
+        "malloc_keep_heap": malloc_set, "transpose_kernel": args.transpose_kernel, "pool_kernel": args.pool_kernel,
         "ratio_second_order": so, "ratio_first_order": fo, "ratio_backbone": main_bb,
         "goal_second_order": C.goal(so, "<=", 20), "goal_first_order": C.goal(fo, "<=", 12),
         "per_backbone": {bb: {"ratio_second_order": r["ratio_second_order"], "ratio_first_order": r["ratio_first_order"],

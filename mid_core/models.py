@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from mid_core.max_pool import MaxPool2x2
 from mid_core.single_channel_conv import SingleChannelConv2d, SingleChannelConvTranspose2d
 
 
@@ -32,7 +33,7 @@ class LeNetEncoder(nn.Module):
     Each block is conv -> max-pool -> ReLU: the same function as conv -> ReLU -> max-pool (max commutes with
     the monotone ReLU), with the ReLU on a 4x smaller map, which matters in the meta step's double backward.
     The first convolution is a ``SingleChannelConv2d`` (an ``nn.Conv2d`` with a faster exact CPU path for
-    1-channel images). Parameter names (``features.0``, ``features.3``) are those of every earlier checkpoint.
+    1-channel images); the pools are ``MaxPool2x2`` (an ``nn.MaxPool2d(2)`` with a faster exact CPU path). Parameter names (``features.0``, ``features.3``) are those of every earlier checkpoint.
     """
 
     def __init__(self, in_channels: int = 1, widths: tuple[int, int] = (32, 64)) -> None:
@@ -40,10 +41,10 @@ class LeNetEncoder(nn.Module):
         c1, c2 = widths
         self.features = nn.Sequential(
             SingleChannelConv2d(in_channels, c1, kernel_size=5),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.ReLU(),
             nn.Conv2d(c1, c2, kernel_size=5),
-            nn.MaxPool2d(2),
+            MaxPool2x2(),
             nn.ReLU(),
         )
 

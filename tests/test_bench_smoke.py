@@ -29,6 +29,7 @@ EXPECTED = {
     "generation_scaling": {"ratio", "goal", "speedup_2_vs_1_actors", "speedup_2_vs_1_actors_including_startup",
                            "multinode", "multinode_identical", "stores_1_vs_2_actors_identical"},
     "transposed_conv": {"seconds", "relative_to_onednn", "max_abs_error", "fastest", "ratio", "attack"},
+    "max_pool": {"kernel", "model", "ratio", "identical", "threads"},
     "end_to_end": {"stages", "total_stage_seconds", "peak_driver_rss_mib", "peak_tree_anon_mib", "config"},
 }
 
@@ -60,6 +61,12 @@ def test_transposed_conv_quick():
     p = run_quick("transposed_conv", timeout=300)
     assert max(p["max_abs_error"].values()) < 1e-3  # every rewrite computes the same op
     assert p["relative_to_onednn"]["onednn"] == 1.0
+
+
+def test_max_pool_quick():
+    p = run_quick("max_pool", timeout=300)
+    assert p["identical"] is True  # both pools give the same outputs and input gradients
+    assert p["ratio"] > 0
 
 
 def test_store_size_quick():
