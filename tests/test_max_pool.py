@@ -27,9 +27,10 @@ def test_values_and_indices_equal_max_pool2d_with_indices_including_ties() -> No
     assert torch.equal(got_idx, want_idx)
 
 
-def test_gradient_equals_nn_max_pool2d_on_tied_windows() -> None:
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_gradient_equals_nn_max_pool2d_on_tied_windows(memory_format: torch.memory_format) -> None:
     """Ties send the whole gradient to the first maximum, as PyTorch does (not split, not duplicated)."""
-    x = _tied_maps().requires_grad_()
+    x = _tied_maps().contiguous(memory_format=memory_format).requires_grad_()
     upstream = torch.randn(3, 4, 4, 3)
     (ours,) = torch.autograd.grad(MaxPool2x2()(x), x, upstream)
     (theirs,) = torch.autograd.grad(nn.MaxPool2d(2)(x), x, upstream)
