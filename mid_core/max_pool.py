@@ -50,8 +50,8 @@ def _window_max(x: torch.Tensor) -> torch.Tensor:
 
 def _window_max_and_indices(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Maxima ``(N, C, H/2, W/2)`` and ``max_pool2d_with_indices``'s flat indices into each ``(H, W)`` plane."""
-    a, b, c, d = _quadrants(x)
-    best = torch.maximum(torch.maximum(a, b), torch.maximum(c, d))
+    best = _window_max(x)
+    a, b, c, _ = _quadrants(x)
     width = x.shape[-1]
     # Offset of the first maximum in the window (0, 1, W, W + 1), as nested choices written as in-place
     # arithmetic on 0/1 masks: 0 if a is the maximum, else 1 if b is, else W if c is, else W + 1. int32 then one
