@@ -306,6 +306,20 @@ def _native_pool(model: Any) -> Any:
     return model
 
 
+def _native_upsample(teacher: Any) -> Any:
+    """A copy of ``teacher`` whose decoder upsamples with PyTorch's ``nn.Upsample(scale_factor=2, mode="nearest")``
+    instead of ``mid_core.upsample.Upsample2x`` (the same function; the layout before session 11)."""
+    from torch import nn
+
+    from mid_core.upsample import Upsample2x
+
+    teacher = copy.deepcopy(teacher)
+    for i, layer in enumerate(teacher.decoder.net):
+        if isinstance(layer, Upsample2x):
+            teacher.decoder.net[i] = nn.Upsample(scale_factor=2, mode="nearest")
+    return teacher
+
+
 def _plain_decoder(teacher: Any) -> Any:
     """A copy of ``teacher`` whose decoder ends in a plain ``nn.ConvTranspose2d`` (bias inside oneDNN's kernel,
     PyTorch's generic double backward): the layout before ``SingleChannelConvTranspose2d``, same weights."""
@@ -342,13 +356,15 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
     ``onednn_transpose`` runs the 1-output-channel transposed convolution through oneDNN (``F.conv_transpose2d``)
     instead of ``transpose_as_matmul`` (compare ``onednn_transpose_threads2`` with ``threads2``);
     ``native_pool`` pools with ``nn.MaxPool2d`` instead of ``MaxPool2x2`` (compare ``native_pool_threads2`` with
-    ``threads2``); ``threads1`` uses the current code.
+    ``threads2``); ``native_upsample`` runs the teacher decoder's upsampling through ``nn.Upsample`` instead of
+    ``Upsample2x`` (likewise ``native_upsample_threads2``); ``threads1`` uses the current code.
     """
     views, labels, clean_u8 = _lever_batch(backbone, seed, batch)
     teacher, student, clf = _models(backbone, seed)
     plain = (_plain_layout(teacher), _plain_layout(student), _plain_layout(clf))
     plain_decoder = (_plain_decoder(teacher), student, clf)
     native_pool = (_native_pool(teacher), _native_pool(student), _native_pool(clf))
+    native_upsample = (_native_upsample(teacher), student, clf)
     cl_fmt = torch.channels_last
     teacher_cl = copy.deepcopy(teacher).to(memory_format=cl_fmt)
     configs: dict[str, dict[str, Any]] = {
@@ -361,6 +377,8 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
         "threads2": {"threads": 2},
         "native_pool": {"threads": 1, "native_pool": True},
         "native_pool_threads2": {"threads": 2, "native_pool": True},
+        "native_upsample": {"threads": 1, "native_upsample": True},
+        "native_upsample_threads2": {"threads": 2, "native_upsample": True},
         "channels_last": {"threads": 1, "fmt": cl_fmt},
         "bf16_autocast": {"threads": 1, "autocast": True},
     }
@@ -372,7 +390,8 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
     variants: dict[str, Any] = {}
     for name, c in configs.items():
         t, st, cf = (plain if c.get("plain") else plain_decoder if c.get("plain_decoder")
-                     else native_pool if c.get("native_pool") else (teacher, student, clf))
+                     else native_pool if c.get("native_pool") else native_upsample if c.get("native_upsample")
+                     else (teacher, student, clf))
         t = teacher_cl if c.get("fmt") is not None else t
         so = MidVariant(t, st, False, seed, c.get("fmt"), c.get("autocast", False))
         fo = MidVariant(t, st, True, seed, c.get("fmt"), c.get("autocast", False))

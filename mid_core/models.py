@@ -22,6 +22,7 @@ from torch import nn
 
 from mid_core.max_pool import MaxPool2x2
 from mid_core.single_channel_conv import SingleChannelConv2d, SingleChannelConvTranspose2d
+from mid_core.upsample import Upsample2x
 
 
 class LeNetEncoder(nn.Module):
@@ -81,10 +82,10 @@ class LeNetDecoder(nn.Module):
         super().__init__()
         c1, c2 = widths
         self.net = nn.Sequential(
-            nn.Upsample(scale_factor=2, mode="nearest"),
+            Upsample2x(),
             nn.ConvTranspose2d(c2, c1, kernel_size=5),
             nn.ReLU(),
-            nn.Upsample(scale_factor=2, mode="nearest"),
+            Upsample2x(),
             SingleChannelConvTranspose2d(c1, out_channels, kernel_size=5),
             nn.Sigmoid(),
         )
