@@ -291,33 +291,22 @@ def _plain_layout(model: Any) -> Any:
     return model
 
 
-def _native_pool(model: Any) -> Any:
-    """A copy of ``model`` whose LeNet encoders pool with PyTorch's ``nn.MaxPool2d(2)`` instead of
-    ``mid_core.max_pool.MaxPool2x2`` (the same function and gradients; the layout before session 11)."""
+def _with_native_layers(model: Any, kind: str) -> Any:
+    """A copy of ``model`` whose session-11 layers of ``kind`` run PyTorch's own, same function and weights:
+    ``"pool"``: ``MaxPool2x2`` -> ``nn.MaxPool2d(2)``; ``"upsample"``: ``Upsample2x`` -> ``nn.Upsample(scale_factor=2)``."""
     from torch import nn
 
     from mid_core.max_pool import MaxPool2x2
+    from mid_core.upsample import Upsample2x
 
+    fast, make_native = {"pool": (MaxPool2x2, lambda: nn.MaxPool2d(2)),
+                         "upsample": (Upsample2x, lambda: nn.Upsample(scale_factor=2, mode="nearest"))}[kind]
     model = copy.deepcopy(model)
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
         for i, layer in enumerate(seq):
-            if isinstance(layer, MaxPool2x2):
-                seq[i] = nn.MaxPool2d(2)
+            if isinstance(layer, fast):
+                seq[i] = make_native()
     return model
-
-
-def _native_upsample(teacher: Any) -> Any:
-    """A copy of ``teacher`` whose decoder upsamples with PyTorch's ``nn.Upsample(scale_factor=2, mode="nearest")``
-    instead of ``mid_core.upsample.Upsample2x`` (the same function; the layout before session 11)."""
-    from torch import nn
-
-    from mid_core.upsample import Upsample2x
-
-    teacher = copy.deepcopy(teacher)
-    for i, layer in enumerate(teacher.decoder.net):
-        if isinstance(layer, Upsample2x):
-            teacher.decoder.net[i] = nn.Upsample(scale_factor=2, mode="nearest")
-    return teacher
 
 
 def _plain_decoder(teacher: Any) -> Any:
@@ -363,8 +352,8 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
     teacher, student, clf = _models(backbone, seed)
     plain = (_plain_layout(teacher), _plain_layout(student), _plain_layout(clf))
     plain_decoder = (_plain_decoder(teacher), student, clf)
-    native_pool = (_native_pool(teacher), _native_pool(student), _native_pool(clf))
-    native_upsample = (_native_upsample(teacher), student, clf)
+    native_pool = tuple(_with_native_layers(m, "pool") for m in (teacher, student, clf))
+    native_upsample = (_with_native_layers(teacher, "upsample"), student, clf)
     cl_fmt = torch.channels_last
     teacher_cl = copy.deepcopy(teacher).to(memory_format=cl_fmt)
     configs: dict[str, dict[str, Any]] = {

@@ -81,3 +81,18 @@ def masked_case():
     with torch.no_grad():
         labels = model(images).argmax(1)
     return model, images, labels
+
+
+@pytest.fixture
+def input_grad_norm_weight_grad():
+    """The meta step's second-order quantity for a layer under test: ``d/dw ||d/dx sum(f(x)^2)||^2``.
+
+    ``f(x)`` maps the input ``x`` (requires grad) to any tensor, through a layer with weight ``w``; comparing this
+    between a fast layer and PyTorch's checks first and second derivatives together.
+    """
+    def probe(f, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        (dx,) = torch.autograd.grad(f(x).square().sum(), x, create_graph=True)
+        (dw,) = torch.autograd.grad(dx.square().sum(), weight)
+        return dw
+
+    return probe

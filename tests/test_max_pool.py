@@ -45,19 +45,14 @@ def test_first_and_second_derivatives_pass_gradcheck() -> None:
     assert torch.autograd.gradgradcheck(max_pool_2x2, (x,))
 
 
-def test_double_backward_through_a_conv_net_equals_nn_max_pool2d() -> None:
+def test_double_backward_through_a_conv_net_equals_nn_max_pool2d(input_grad_norm_weight_grad) -> None:
     """The meta step's case: the gradient (w.r.t. the weights) of an input-gradient norm."""
     torch.manual_seed(0)
     conv = nn.Conv2d(1, 4, 3)
     x = torch.rand(5, 1, 10, 10, requires_grad=True)
-
-    def grad_of_input_grad_norm(pool: nn.Module) -> torch.Tensor:
-        out = pool(conv(x)).relu().square().sum()
-        (dx,) = torch.autograd.grad(out, x, create_graph=True)
-        (dw,) = torch.autograd.grad(dx.square().sum(), conv.weight)
-        return dw
-
-    torch.testing.assert_close(grad_of_input_grad_norm(MaxPool2x2()), grad_of_input_grad_norm(nn.MaxPool2d(2)))
+    ours, theirs = (input_grad_norm_weight_grad(lambda t: pool(conv(t)).relu(), x, conv.weight)
+                    for pool in (MaxPool2x2(), nn.MaxPool2d(2)))
+    torch.testing.assert_close(ours, theirs)
 
 
 def test_without_autograd_returns_the_maxima_and_no_graph() -> None:

@@ -20,20 +20,14 @@ def test_first_and_second_derivatives_pass_gradcheck() -> None:
     assert torch.autograd.gradgradcheck(upsample_nearest_2x, (x,))
 
 
-def test_double_backward_through_a_decoder_matches_nn_upsample() -> None:
+def test_double_backward_through_a_decoder_matches_nn_upsample(input_grad_norm_weight_grad) -> None:
     """The meta step's case: the gradient (w.r.t. the weights) of an input-gradient norm through upsample + conv."""
     torch.manual_seed(0)
     conv = nn.ConvTranspose2d(4, 1, 3)
     z = torch.rand(5, 4, 3, 3, requires_grad=True)
-
-    def grad_of_input_grad_norm(up: nn.Module) -> torch.Tensor:
-        out = torch.sigmoid(conv(up(z))).square().sum()
-        (dz,) = torch.autograd.grad(out, z, create_graph=True)
-        (dw,) = torch.autograd.grad(dz.square().sum(), conv.weight)
-        return dw
-
-    torch.testing.assert_close(grad_of_input_grad_norm(Upsample2x()),
-                               grad_of_input_grad_norm(nn.Upsample(scale_factor=2, mode="nearest")))
+    ours, theirs = (input_grad_norm_weight_grad(lambda t: torch.sigmoid(conv(up(t))), z, conv.weight)
+                    for up in (Upsample2x(), nn.Upsample(scale_factor=2, mode="nearest")))
+    torch.testing.assert_close(ours, theirs)
 
 
 def test_module_keeps_nn_upsample_settings_and_refuses_other_ranks() -> None:
