@@ -155,6 +155,25 @@ def pool_id(attrs: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps({k: attrs.get(k) for k in keys}, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def store_block_size(path: Path, num_rows: int, block_size: int, actors: int) -> int:
+    """Rows per block (= per Zarr chunk = per actor task) for the store at ``path``.
+
+    A store that already exists keeps its own block size, so an interrupted or finished job resumes it unchanged.
+    A new one uses ``block_size`` (``pool.block_size``), split further when that would leave actors idle: 50 test
+    images for CW and JSMA (seconds per image) become two blocks of 25 on two actors instead of one block that a
+    single actor works through while the other waits.
+    """
+    from storage_schemas import open_store
+
+    try:
+        return int(open_store(path).attrs["block_size"])
+    except Exception:  # no store there yet (or an interrupted creation, which create_store recreates)
+        pass
+    if -(-num_rows // block_size) >= actors:
+        return block_size
+    return max(1, -(-num_rows // max(1, actors)))
+
+
 def generate_store(cfg: ExperimentConfig, path: Path, split: str, attack_names: list[str], eps: float,
                    steps: int | None, step_size: float | None, limit: int | None,
                    extra_attrs: Mapping[str, Any] | None = None, source: Path | None = None,
@@ -180,7 +199,8 @@ def generate_store(cfg: ExperimentConfig, path: Path, split: str, attack_names: 
     store = create_store(
         path, dataset=cfg.data.dataset, split=split, num_rows=num_rows, image_shape=IMAGE_SHAPES[cfg.data.dataset],
         attacks={n: s.to_dict() for n, s in specs.items()}, source_fingerprint=checkpoint_fingerprint(source),
-        source_arch=cfg.model.backbone, seed=seed, block_size=cfg.pool.block_size,
+        source_arch=cfg.model.backbone, seed=seed,
+        block_size=store_block_size(path, num_rows, cfg.pool.block_size, cfg.pool.num_actors),
         extra_attrs={"source_role": source_role or cfg.pool.source, "teacher_fingerprint": teacher_fp, "limit": limit,
                      "config_name": cfg.name, **dict(extra_attrs or {})},
     )

@@ -1,6 +1,6 @@
-"""Stage 1: train the teacher autoencoder-classifier, the transfer substitute and (optionally) a
-standard classifier on clean data and the Madry PGD adversarially trained baseline ``at`` (when the evaluation
-lists it), each with Ray Train (1..N workers, DDP through ``prepare_model``).
+"""Stage 1: train the teacher autoencoder-classifier and, when the config needs them, the transfer substitute
+(for the ``transfer`` protocol), a standard classifier on clean data and the Madry PGD adversarially trained
+baseline ``at`` (when the evaluation lists it), each with Ray Train (1..N workers, DDP through ``prepare_model``).
 
 The teacher has no higher-order gradients, so DDP is fine here (unlike the MID student).
 Each model is written to ``<output_dir>/models/<role>.pt`` as a weights-only checkpoint with its config.
@@ -95,8 +95,14 @@ def _train_one(loop_config: dict[str, Any]) -> None:
 
 
 def models_to_train(cfg: ExperimentConfig) -> list[tuple[str, int]]:
-    """(role, seed) pairs this config needs: teacher, substitute, standard and at when used."""
-    roles = [("teacher", cfg.seed), ("substitute", cfg.seed + cfg.teacher.substitute_seed_offset)]
+    """(role, seed) pairs this config needs: the teacher always; the substitute, standard and at when used.
+
+    The substitute only serves the ``transfer`` protocol (or a ``substitute`` evaluation row): a config without
+    either does not pay for it, and adding ``transfer`` later trains it on the next run of this stage.
+    """
+    roles = [("teacher", cfg.seed)]
+    if "transfer" in cfg.evaluation.protocols or "substitute" in cfg.evaluation.models:
+        roles.append(("substitute", cfg.seed + cfg.teacher.substitute_seed_offset))
     if cfg.pool.source == "standard" or "standard" in cfg.evaluation.models:
         roles.append(("standard", cfg.seed + cfg.teacher.standard_seed_offset))
     if "at" in cfg.evaluation.models:
