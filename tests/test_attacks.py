@@ -243,6 +243,30 @@ def test_unbounded_attacks_return_valid_images_that_change_something(trained, na
     assert not torch.equal(adv, x[:n])
 
 
+def test_jsma_in_cpu_chunks_equals_jsma_on_the_whole_batch(trained):
+    """run_attack runs JSMA on chunks of JSMA_CPU_CHUNK images (speed); the images are those of one batch."""
+    from mid_core.attacks.registry import _build_advertorch, frozen_eval
+
+    model, x, y = trained
+    spec = default_spec("JSMA_T", jsma_gamma=0.05)  # 19 saliency steps: some images finish before others
+    out = run_attack(spec, model, x[:5], y[:5])  # 5 images: chunks of 2, 2 and 1
+    with frozen_eval(model), torch.enable_grad():
+        whole = _build_advertorch(spec, model, 10).perturb(x[:5].clone(), out.targets.clone())
+    assert torch.equal(out.adversarial, whole.clamp(0, 1))
+
+
+def test_jsma_runs_in_chunks_on_cpu(trained, monkeypatch):
+    from mid_core.attacks import registry
+
+    model, x, y = trained
+    sizes: list[int] = []
+    jsma = import_advertorch_attacks().JacobianSaliencyMapAttack
+    original = jsma.perturb
+    monkeypatch.setattr(jsma, "perturb", lambda self, a, b: sizes.append(a.shape[0]) or original(self, a, b))
+    run_attack(default_spec("JSMA_T", **CHEAP["JSMA_T"]), model, x[:5], y[:5])
+    assert sizes == [registry.JSMA_CPU_CHUNK] * (5 // registry.JSMA_CPU_CHUNK) + ([5 % registry.JSMA_CPU_CHUNK] if 5 % registry.JSMA_CPU_CHUNK else [])
+
+
 def test_pgd_lowers_the_accuracy_of_a_trained_model(trained):
     model, x, y = trained
     clean = float((model(x).argmax(1) == y).float().mean())

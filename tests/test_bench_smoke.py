@@ -30,7 +30,7 @@ EXPECTED = {
                            "multinode", "multinode_identical", "stores_1_vs_2_actors_identical"},
     "transposed_conv": {"seconds", "relative_to_onednn", "max_abs_error", "fastest", "ratio", "attack"},
     "max_pool": {"kernel", "model", "ratio", "identical", "threads"},
-    "end_to_end": {"stages", "total_stage_seconds", "peak_driver_rss_mib", "peak_tree_anon_mib", "config"},
+    "end_to_end": {"stages", "total_stage_seconds", "peak_driver_rss_mib", "peak_tree_anon_mib", "config", "accuracy"},
 }
 
 
@@ -106,3 +106,8 @@ def test_generation_scaling_quick():
 def test_end_to_end_quick():
     p = run_quick("end_to_end", timeout=1500)
     assert set(p["stages"]) == {"teacher", "pool", "mid", "evaluation"}
+    assert p["accuracy"], "the figure must say what accuracy the stage times bought"
+    for row, acc in p["accuracy"].items():
+        assert 0 <= acc["average"] <= 100 and 0 <= acc["benign"] <= 100, (row, acc)
+        if row.startswith("whitebox/"):  # attacks on the model itself never beat its clean accuracy
+            assert acc["average"] <= acc["benign"] + 1e-6, (row, acc)
