@@ -161,13 +161,14 @@ def store_block_size(path: Path, num_rows: int, block_size: int, actors: int) ->
     A store that already exists keeps its own block size, so an interrupted or finished job resumes it unchanged.
     A new one uses ``block_size`` (``pool.block_size``), split further when that would leave actors idle: 50 test
     images for CW and JSMA (seconds per image) become two blocks of 25 on two actors instead of one block that a
-    single actor works through while the other waits.
+    single actor works through while the other waits. (Targets and random starts are seeded per block, so a store's
+    content depends on its block size: another reason an existing store keeps its own.)
     """
-    from storage_schemas import open_store
+    from storage_schemas import StoreError, open_store
 
     try:
         return int(open_store(path).attrs["block_size"])
-    except Exception:  # no store there yet (or an interrupted creation, which create_store recreates)
+    except StoreError:  # no store there yet (or an unreadable one, which create_store recreates or reports)
         pass
     if -(-num_rows // block_size) >= actors:
         return block_size
