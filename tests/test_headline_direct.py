@@ -50,7 +50,7 @@ def headline_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("headline")
     config, out = _tiny_experiment(root), root / "out"
     proc = subprocess.run([sys.executable, "-c", _WITHOUT_PIPELINE_STACK, "--config", str(config), "--out", str(out),
-                           "--budget-s", "600", "--eval-reserve-s", "60", "--bench-repeats", "2", "--device", "cpu",
+                           "--budget-s", "600", "--eval-reserve-s", "60", "--bench-repeats", "8", "--device", "cpu",
                            "--variants", "mid", "mid_refresh", "at", "erm", "cv"],
                           capture_output=True, text=True, timeout=900, cwd=root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -95,7 +95,9 @@ def test_records_stage_times_and_the_step_benchmark(headline_run):
     for stage in ("teacher", "substitute", "pool", "paper_test_set", "transfer_test_set", "mid", "mid_refresh", "at"):
         assert results["stages"][stage]["seconds"] > 0, stage
     steps = results["benchmarks"]["steps"]
-    assert steps["ratio_1b_online_vs_stored"] > 1.0  # generating the attacks each step costs more than reading them
+    # generating the attacks each step costs more than reading them (tiny model: ~1.8x; 8 timed steps, since the
+    # mean of 2 once let slow first stored steps hide the attacks' ~60 ms: 0.99x in a CI run of session 12)
+    assert steps["ratio_1b_online_vs_stored"] > 1.0
     assert "done in" in stdout
 
 
