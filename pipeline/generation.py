@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -170,9 +171,9 @@ def store_block_size(path: Path, num_rows: int, block_size: int, actors: int) ->
         return int(open_store(path).attrs["block_size"])
     except StoreError:  # no store there yet (or an unreadable one, which create_store recreates or reports)
         pass
-    if -(-num_rows // block_size) >= actors:
+    if math.ceil(num_rows / block_size) >= actors:
         return block_size
-    return max(1, -(-num_rows // max(1, actors)))
+    return max(1, math.ceil(num_rows / max(1, actors)))
 
 
 def generate_store(cfg: ExperimentConfig, path: Path, split: str, attack_names: list[str], eps: float,
