@@ -113,6 +113,7 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
         values_by_role = {role: {"benign": accuracy(m, x_all, y_all, cfg.evaluation.batch_size)} for role, m in models.items()}
         for i, (name, spec) in enumerate(specs.items()):
             n = _row_limit(cfg, name, n_test)
+            t0 = time.perf_counter()
             advs = []
             gen = torch.Generator().manual_seed(cfg.seed + 10_000 + i)
             x_n, y_n = test.images[:n], test.labels[:n]
@@ -123,6 +124,9 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
             adv = torch.cat(advs)
             for role, model in models.items():
                 values_by_role[role][name] = score_fixed_adversarial(model, adv, test.labels[:n], cfg.evaluation.batch_size)
+            scores = ", ".join(f"{role} {values_by_role[role][name]:.4f}" for role in models)
+            print(f"[evaluate] transfer {name} ({i + 1}/{len(specs)}) on {n} images ({time.perf_counter() - t0:.1f}s): {scores}",
+                  flush=True)
         for role, values in values_by_role.items():
             row("transfer", role, values, {"source": "substitute"})
     return rows

@@ -71,6 +71,25 @@ def test_every_protocol_has_a_labelled_row_per_model(pipeline_run):
     assert (paths.evaluation / "heatmap.png").stat().st_size > 1000
 
 
+
+def test_transfer_evaluation_reports_each_attack_as_it_finishes(pipeline_run, capsys):
+    from dataclasses import replace
+
+    from pipeline.evaluate import evaluate_models
+
+    cfg, _, rows = pipeline_run
+    transfer_only = replace(cfg, evaluation=replace(cfg.evaluation, protocols=["transfer"]))
+    again = {r["model"]: r for r in evaluate_models(transfer_only)}
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[evaluate] transfer ")]
+    attacks = cfg.evaluation.attacks
+    assert len(lines) == len(attacks)
+    for k, (line, attack) in enumerate(zip(lines, attacks), start=1):
+        assert line.startswith(f"[evaluate] transfer {attack} ({k}/{len(attacks)}) on ")
+        for model in cfg.evaluation.models:
+            assert f"{model} {again[model][attack]:.4f}" in line
+    for model in cfg.evaluation.models:  # seeded per attack: a rerun reproduces the pipeline's transfer row
+        assert again[model][attacks[0]] == rows[("transfer", model)][attacks[0]]
+
 def test_mlflow_holds_the_four_stage_runs_with_artifacts(pipeline_run):
     import mlflow
     from mlflow.tracking import MlflowClient
