@@ -6,7 +6,9 @@
 #
 #   bash scripts/gpu_payload.sh --data mnist,fmnist \
 #       --ckpt models/mnist_lenet5_gpu/teacher.pt models/mnist_lenet5_gpu/mid_e22.pt
-#   (device tool, carry [".gpu_payload"]):  bash scripts/gpu_session.sh "$OUT" 540
+#   (device tool, carry [".gpu_payload"], timeout_s 600):
+#   bash scripts/gpu_session.sh /tmp/gs 520; bash scripts/pack_out.sh /tmp/gs "$OUT"
+# (the device tool brings back at most 8 files: pack_out.sh packs the runs' many files into a few)
 #
 # Runs (each writes OUT/<run>/results.json, checkpoints and log.txt):
 #   mnist_mid_long   MNIST MID (static pool) continued from mid_e22 for as many epochs as fit; paper + transfer
