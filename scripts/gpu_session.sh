@@ -77,7 +77,7 @@ if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 >"$out/gpu_utilization.csv" 2>&1 &
   monitor=$!
   # the CUDA-only tests (skipped on every CPU machine); pytest is installed on the lent machine
-  ( timeout 240 "$python" -m pytest -q -p no:cacheprovider tests/test_attacks.py -k cuda ) >"$out/cuda_tests.txt" 2>&1 &
+  ( timeout 240 "$python" -m pytest -q -p no:cacheprovider tests/test_attacks.py tests/test_fused_attacks.py -k cuda ) >"$out/cuda_tests.txt" 2>&1 &
 fi
 
 # The fixed test sets are generated once per data set (by the first MNIST run wanted, and by fmnist_main) and loaded

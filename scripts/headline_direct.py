@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 """The batch's views against the current deployed model (``mid.online_attacks``), quantised as the
                 store's; one seed per step."""
                 return attack_views(deployed, train.images[idx], train.labels[idx], vspecs, vcfg.seed + step,
-                                    len(idx), True, k, stable_seeds=True)
+                                    len(idx), True, k, stable_seeds=True, fused=vcfg.mid.online_fused)
 
             def on_epoch(deployed: torch.nn.Module, info: dict[str, Any], variant: str = variant,
                          vcfg: ExperimentConfig = vcfg) -> None:

@@ -30,6 +30,7 @@ EXPECTED = {
                            "multinode", "multinode_identical", "stores_1_vs_2_actors_identical"},
     "transposed_conv": {"seconds", "relative_to_onednn", "max_abs_error", "fastest", "ratio", "attack"},
     "max_pool": {"kernel", "model", "ratio", "identical", "threads"},
+    "online_views": {"seconds", "ratio", "pixels_that_differ", "batch", "steps", "device"},
     "end_to_end": {"stages", "total_stage_seconds", "peak_driver_rss_mib", "peak_tree_anon_mib", "config", "accuracy"},
 }
 
@@ -67,6 +68,12 @@ def test_max_pool_quick():
     p = run_quick("max_pool", timeout=300)
     assert p["identical"] is True  # both pools give the same outputs and input gradients
     assert p["ratio"] > 0
+
+
+def test_online_views_quick():
+    p = run_quick("online_views", timeout=300)
+    assert p["ratio"] > 0 and p["steps"] == 5
+    assert max(p["pixels_that_differ"].values()) < 0.01  # same draws, same attacks: float rounding at most
 
 
 def test_store_size_quick():

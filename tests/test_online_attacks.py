@@ -6,7 +6,7 @@ import torch
 
 from mid_core.datasets import load_dataset
 from mid_core.meta_step import BENIGN
-from mid_core.models import Teacher
+from mid_core.models import Teacher, classifier_of
 from mid_core.training import param_fingerprint
 from pipeline.config import ConfigError, config_from_dict
 from pipeline.direct.attacks import attack_views
@@ -68,3 +68,29 @@ def test_the_ray_job_refuses_online_attacks_and_names_the_direct_script():
 
     with pytest.raises(ConfigError, match="headline_direct"):
         train_mid.run(_cfg(True))
+
+
+def test_fused_views_match_one_by_one_views_after_quantisation():
+    train, _, _ = _data()
+    teacher = Teacher.from_backbone("lenet_tiny").freeze()
+    specs = attack_specs(["PGD_N", "PGD_T", "MIM_N", "MIM_T"], 0.3, 3, 0.1)
+    x, y = train.images[:32], train.labels[:32]
+    fused = attack_views(classifier_of(teacher), x, y, specs, 5, 16, True, 10, stable_seeds=True, fused=True)
+    alone = attack_views(classifier_of(teacher), x, y, specs, 5, 16, True, 10, stable_seeds=True)
+    for name in specs:
+        assert fused[name].dtype == torch.uint8 and fused[name].shape == alone[name].shape
+        # same draws and the same updates: at most a rounding step apart, in a handful of pixels
+        differ = (fused[name].int() - alone[name].int()).abs()
+        assert int(differ.max()) <= 1 and float((differ > 0).float().mean()) < 1e-3, name
+
+
+def test_online_fused_needs_online_attacks():
+    with pytest.raises(ConfigError, match="set mid.online_attacks: true"):
+        config_from_dict({**TINY, "mid": {**TINY["mid"], "online_fused": True}})
+
+
+def test_online_fused_refuses_attacks_it_cannot_stack():
+    bad = {**TINY, "pool": {**TINY["pool"], "attacks": ["PGD_N", "FGSM_N"]},
+           "mid": {**TINY["mid"], "online_attacks": True, "online_fused": True}}
+    with pytest.raises(ConfigError, match=r"\['FGSM_N'\]"):
+        config_from_dict(bad)

@@ -293,6 +293,13 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
             m.train(mode)
 
 
+def rng_fork_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose RNG ``torch.random.fork_rng`` must save for an attack on ``device`` (none on CPU)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def _check_inputs(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
     if images.dim() != 4 or not images.is_floating_point():
         raise ValueError(f"images must be float (N, C, H, W), got {tuple(images.shape)} {images.dtype}")
@@ -384,7 +391,7 @@ def run_attack(spec: AttackSpec, model: nn.Module, images: torch.Tensor, labels:
     if images.shape[0] == 0:
         return AttackOutput(images.clone(), targets)
 
-    fork_devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    fork_devices = rng_fork_devices(device)
     with frozen_eval(model), torch.enable_grad(), torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(rng_seed)
         x = images.detach()
