@@ -24,6 +24,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.generation import SLOW_KINDS, attack_specs
 from pipeline.paths import ExperimentPaths
 from pipeline.ray_runtime import auto_threads
+from pipeline.transfer_sets import file_sha256, load_transfer_set, save_transfer_set, transfer_identity
 
 
 def model_checkpoint(paths: ExperimentPaths, role: str) -> Path:
@@ -110,23 +111,27 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
 
     if "transfer" in cfg.evaluation.protocols:
         substitute = load_classifier(paths.model("substitute"))
+        substitute_sha256 = file_sha256(paths.model("substitute"))
         values_by_role = {role: {"benign": accuracy(m, x_all, y_all, cfg.evaluation.batch_size)} for role, m in models.items()}
         for i, (name, spec) in enumerate(specs.items()):
             n = _row_limit(cfg, name, n_test)
             t0 = time.perf_counter()
-            advs = []
-            gen = torch.Generator().manual_seed(cfg.seed + 10_000 + i)
-            x_n, y_n = test.images[:n], test.labels[:n]
-            for j in range(0, n, cfg.evaluation.batch_size):
-                out = run_attack(spec, substitute, x_n[j:j + cfg.evaluation.batch_size],
-                                 y_n[j:j + cfg.evaluation.batch_size], generator=gen)
-                advs.append(out.adversarial)
-            adv = torch.cat(advs)
+            seed, b = cfg.seed + 10_000 + i, cfg.evaluation.batch_size
+            identity = transfer_identity(substitute_sha256, spec, cfg.data.dataset, n, seed, b)
+            adv = load_transfer_set(paths.transfer_test, name, identity)
+            how = "loaded"
+            if adv is None:  # generate against the substitute and keep them for the next evaluation
+                gen = torch.Generator().manual_seed(seed)
+                x_n, y_n = test.images[:n], test.labels[:n]
+                adv = torch.cat([run_attack(spec, substitute, x_n[j:j + b], y_n[j:j + b], generator=gen).adversarial
+                                 for j in range(0, n, b)])
+                save_transfer_set(paths.transfer_test, name, identity, adv)
+                how = "generated"
             for role, model in models.items():
                 values_by_role[role][name] = score_fixed_adversarial(model, adv, test.labels[:n], cfg.evaluation.batch_size)
             scores = ", ".join(f"{role} {values_by_role[role][name]:.4f}" for role in models)
-            print(f"[evaluate] transfer {name} ({i + 1}/{len(specs)}) on {n} images ({time.perf_counter() - t0:.1f}s): {scores}",
-                  flush=True)
+            print(f"[evaluate] transfer {name} ({i + 1}/{len(specs)}) on {n} images ({time.perf_counter() - t0:.1f}s, "
+                  f"{how}): {scores}", flush=True)
         for role, values in values_by_role.items():
             row("transfer", role, values, {"source": "substitute"})
     return rows

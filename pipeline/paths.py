@@ -27,6 +27,11 @@ class ExperimentPaths:
     def train_pool(self) -> Path:
         return self.stores / "pool_train.zarr"
 
+    @property
+    def transfer_test(self) -> Path:
+        """The ``transfer`` protocol's cached test sets, one file per attack (pipeline.transfer_sets)."""
+        return self.stores / "transfer_test"
+
     def paper_test(self, slow: bool = False) -> Path:
         """The fixed adversarial test store(s) of the ``paper`` protocol (slow attacks on a smaller subset)."""
         return self.stores / ("paper_test_slow.zarr" if slow else "paper_test.zarr")

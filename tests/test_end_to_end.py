@@ -90,6 +90,28 @@ def test_transfer_evaluation_reports_each_attack_as_it_finishes(pipeline_run, ca
     for model in cfg.evaluation.models:  # seeded per attack: a rerun reproduces the pipeline's transfer row
         assert again[model][attacks[0]] == rows[("transfer", model)][attacks[0]]
 
+def test_a_later_transfer_evaluation_reuses_the_saved_sets_without_attacking(pipeline_run, monkeypatch):
+    from dataclasses import replace
+
+    import mid_core.attacks
+    from pipeline.evaluate import evaluate_models
+    from pipeline.paths import ExperimentPaths
+
+    cfg, _, rows = pipeline_run
+    saved = sorted(p.stem for p in ExperimentPaths.of(cfg).transfer_test.glob("*.pt"))
+    assert saved == sorted(cfg.evaluation.attacks)  # the pipeline's own evaluation kept every attack's set
+
+    def no_attack(*args, **kwargs):
+        raise AssertionError("a saved transfer set was generated again")
+
+    monkeypatch.setattr(mid_core.attacks, "run_attack", no_attack)
+    transfer_only = replace(cfg, evaluation=replace(cfg.evaluation, protocols=["transfer"]))
+    again = {r["model"]: r for r in evaluate_models(transfer_only)}
+    for model in cfg.evaluation.models:
+        for attack in cfg.evaluation.attacks:
+            assert again[model][attack] == rows[("transfer", model)][attack]
+
+
 def test_mlflow_holds_the_four_stage_runs_with_artifacts(pipeline_run):
     import mlflow
     from mlflow.tracking import MlflowClient
