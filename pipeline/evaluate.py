@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from pipeline.config import ExperimentConfig
-from pipeline.generation import SLOW_KINDS, attack_specs
+from pipeline.generation import SLOW_KINDS, attack_specs, checkpoint_fingerprint
 from pipeline.paths import ExperimentPaths
 from pipeline.ray_runtime import auto_threads
-from pipeline.transfer_sets import file_sha256, load_transfer_set, save_transfer_set, transfer_identity
+from pipeline.transfer_sets import load_transfer_set, save_transfer_set, transfer_identity
 
 
 def model_checkpoint(paths: ExperimentPaths, role: str) -> Path:
@@ -111,13 +111,13 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
 
     if "transfer" in cfg.evaluation.protocols:
         substitute = load_classifier(paths.model("substitute"))
-        substitute_sha256 = file_sha256(paths.model("substitute"))
+        substitute_fingerprint = checkpoint_fingerprint(paths.model("substitute"))
         values_by_role = {role: {"benign": accuracy(m, x_all, y_all, cfg.evaluation.batch_size)} for role, m in models.items()}
         for i, (name, spec) in enumerate(specs.items()):
             n = _row_limit(cfg, name, n_test)
             t0 = time.perf_counter()
             seed, b = cfg.seed + 10_000 + i, cfg.evaluation.batch_size
-            identity = transfer_identity(substitute_sha256, spec, cfg.data.dataset, n, seed, b)
+            identity = transfer_identity(substitute_fingerprint, spec, cfg.data.dataset, n, seed, b)
             adv = load_transfer_set(paths.transfer_test, name, identity)
             how = "loaded"
             if adv is None:  # generate against the substitute and keep them for the next evaluation

@@ -4,13 +4,13 @@ Why: generating them (every attack against the substitute) is nearly all of a tr
 for the 32/64 LeNet on Fashion-MNIST on a 2-core CPU, while scoring a model on them takes seconds; and they do not
 depend on the models being scored. So the first evaluation saves each attack's images
 (``stores/transfer_test/<attack>.pt``, float32 exactly as generated, written atomically) and a later one loads them,
-but only when everything that determines them matches: the substitute's bytes (sha256), the attack spec, the data
-set, the number of images, the seed and the batch size (the generator is drawn from batch by batch). Anything else
+but only when everything that determines them matches: the substitute's weights (``checkpoint_fingerprint``, as the
+adversarial stores record their source model), the attack spec, the data set, the number of images, the seed and
+the batch size (the generator is drawn from batch by batch). Anything else
 regenerates and overwrites, so a retrained substitute can never be scored with stale images.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +20,11 @@ from mid_core.attacks import AttackSpec
 from mid_core.checkpoint import atomic_torch_save
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (a checkpoint's identity)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def transfer_identity(substitute_sha256: str, spec: AttackSpec, dataset: str, images: int, seed: int,
+def transfer_identity(substitute_fingerprint: str, spec: AttackSpec, dataset: str, images: int, seed: int,
                       batch_size: int) -> dict[str, Any]:
     """Everything that determines one attack's transfer images; a cached set is used only if all of it matches."""
-    return {"substitute_sha256": substitute_sha256, "spec": spec.to_dict(), "dataset": dataset, "images": images,
-            "seed": seed, "batch_size": batch_size}
+    return {"substitute_fingerprint": substitute_fingerprint, "spec": spec.to_dict(), "dataset": dataset,
+            "images": images, "seed": seed, "batch_size": batch_size}
 
 
 def load_transfer_set(folder: Path, name: str, identity: dict[str, Any]) -> torch.Tensor | None:
