@@ -8,17 +8,17 @@
 # other runs wait for it (session 14: six runs generating their own sets at once all ran out of time before training).
 #
 #   bash scripts/gpu_payload.sh --data mnist,fmnist \
-#       --ckpt models/mnist_lenet5_gpu/teacher.pt models/mnist_lenet5_gpu/mid_e22.pt
+#       --ckpt models/mnist_lenet5_gpu/teacher.pt models/mnist_lenet5_gpu/mid_e29.pt
 #   (device tool, carry [".gpu_payload"], timeout_s 600):
 #   bash scripts/gpu_session.sh /tmp/gs 520; bash scripts/pack_out.sh /tmp/gs "$OUT"
 # (the device tool brings back at most 8 files: pack_out.sh packs the runs' many files into a few)
 #
 # Runs (each writes OUT/<run>/results.json, checkpoints and log.txt):
-#   mnist_mid_long   MNIST MID (static pool) continued from mid_e22 for as many epochs as fit; paper + transfer (not
+#   mnist_mid_long   MNIST MID (static pool) continued from mid_e29 for as many epochs as fit; paper + transfer (not
 #                    in the default list since session 14 took it to epoch 29: +0.04 points per epoch)
 #   mnist_online     MNIST MID with attacks on the current student every step (mid.online_attacks, the limit of
 #                    refresh), student encoder started at random; paper + white-box. (mnist_refresh, the per-epoch
-#                    refresh continued from mid_e22, is kept but not in the default list: session 6 measured refresh,
+#                    refresh continued from mid_e29, is kept but not in the default list: session 6 measured refresh,
 #                    and session 8 found fresh views no better from the teacher's starting point)
 #   mnist_at         MNIST Madry PGD-40 AT for as many epochs as fit; paper + white-box (AutoAttack on 10,000)
 #   fmnist_main      Fashion-MNIST teacher, substitute, MID (static pool); paper + transfer + white-box
@@ -41,7 +41,10 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 python=${PYTHON:-python3}
 mkdir -p "$out"
 start=$(date +%s)
-for f in teacher.pt mid_e22.pt; do
+wanted() { case " $runs " in *" $1 "*) return 0 ;; esac; return 1; }
+needed=(teacher.pt)
+{ wanted mnist_mid_long || wanted mnist_refresh; } && needed+=(mid_e29.pt)
+for f in "${needed[@]}"; do
   [ -f "$ckpt/$f" ] || { echo "missing $ckpt/$f: build the payload first (see the header of $0)" >&2; exit 2; }
 done
 
@@ -50,7 +53,6 @@ common=(--bench-repeats 0)
 for kv in ${GPU_SESSION_SET:-}; do common+=(--set "$kv"); done
 
 left() { echo $(( budget - ($(date +%s) - start) )); }
-wanted() { case " $runs " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # launch NAME END ARGS...: one headline_direct run in the background, ending by second END of the session (capped by
 # the session budget), with a hard stop 40 s later (results.json is rewritten after every stage and every epoch is
@@ -89,7 +91,7 @@ fmnist=configs/fmnist_lenet5_gpu.yaml
 launch_mnist() {
   case "$1" in
     mnist_mid_long) launch mnist_mid_long "$budget" --config $mnist --variants mid --teacher "$ckpt/teacher.pt" \
-      --init-from mid="$ckpt/mid_e22.pt" --set mid.epochs=200 --set "evaluation.protocols=[paper,transfer]" \
+      --init-from mid="$ckpt/mid_e29.pt" --set mid.epochs=200 --set "evaluation.protocols=[paper,transfer]" \
       --eval-reserve-s 30 --fixed-sets "$sets/mnist.pt" ;;
     mnist_at) launch mnist_at "$budget" --config $mnist --variants at --teacher "$ckpt/teacher.pt" \
       --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 240 --whitebox-models at \
@@ -98,7 +100,7 @@ launch_mnist() {
       --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 200 \
       --whitebox-models mid_online --fixed-sets "$sets/mnist.pt" ;;
     mnist_refresh) launch mnist_refresh "$budget" --config $mnist --variants mid_refresh --teacher "$ckpt/teacher.pt" \
-      --init-from mid_refresh="$ckpt/mid_e22.pt" --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 200 \
+      --init-from mid_refresh="$ckpt/mid_e29.pt" --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 200 \
       --whitebox-models mid_refresh --fixed-sets "$sets/mnist.pt" ;;
     mnist_pool8) launch mnist_pool8 $(( budget * 3 / 4 )) --config configs/mnist_lenet5_gpu_pool8.yaml \
       --teacher "$ckpt/teacher.pt" --variants basic plus_fgsm plus_fgsm_bim cv_no_pgd cv_no_mim cv_no_bim cv_no_fgsm \
