@@ -71,26 +71,8 @@ def test_every_protocol_has_a_labelled_row_per_model(pipeline_run):
     assert (paths.evaluation / "heatmap.png").stat().st_size > 1000
 
 
-
-def test_transfer_evaluation_reports_each_attack_as_it_finishes(pipeline_run, capsys):
-    from dataclasses import replace
-
-    from pipeline.evaluate import evaluate_models
-
-    cfg, _, rows = pipeline_run
-    transfer_only = replace(cfg, evaluation=replace(cfg.evaluation, protocols=["transfer"]))
-    again = {r["model"]: r for r in evaluate_models(transfer_only)}
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[evaluate] transfer ")]
-    attacks = cfg.evaluation.attacks
-    assert len(lines) == len(attacks)
-    for k, (line, attack) in enumerate(zip(lines, attacks), start=1):
-        assert line.startswith(f"[evaluate] transfer {attack} ({k}/{len(attacks)}) on ")
-        for model in cfg.evaluation.models:
-            assert f"{model} {again[model][attack]:.4f}" in line
-    for model in cfg.evaluation.models:  # seeded per attack: a rerun reproduces the pipeline's transfer row
-        assert again[model][attacks[0]] == rows[("transfer", model)][attacks[0]]
-
-def test_a_later_transfer_evaluation_reuses_the_saved_sets_without_attacking(pipeline_run, monkeypatch):
+def test_a_later_transfer_evaluation_reuses_saved_sets_regenerates_missing_ones_and_reports_each(
+        pipeline_run, monkeypatch, capsys):
     from dataclasses import replace
 
     import mid_core.attacks
@@ -98,18 +80,32 @@ def test_a_later_transfer_evaluation_reuses_the_saved_sets_without_attacking(pip
     from pipeline.paths import ExperimentPaths
 
     cfg, _, rows = pipeline_run
-    saved = sorted(p.stem for p in ExperimentPaths.of(cfg).transfer_test.glob("*.pt"))
-    assert saved == sorted(cfg.evaluation.attacks)  # the pipeline's own evaluation kept every attack's set
+    attacks, folder = cfg.evaluation.attacks, ExperimentPaths.of(cfg).transfer_test
+    assert sorted(p.stem for p in folder.glob("*.pt")) == sorted(attacks)  # the pipeline's evaluation kept them all
+    (folder / f"{attacks[0]}.pt").unlink()  # one set lost: only it may be attacked again
+    attacked = []
+    real_run_attack = mid_core.attacks.run_attack
 
-    def no_attack(*args, **kwargs):
-        raise AssertionError("a saved transfer set was generated again")
+    def counting_run_attack(spec, *args, **kwargs):
+        attacked.append(spec.name)
+        return real_run_attack(spec, *args, **kwargs)
 
-    monkeypatch.setattr(mid_core.attacks, "run_attack", no_attack)
+    monkeypatch.setattr(mid_core.attacks, "run_attack", counting_run_attack)
+    capsys.readouterr()
     transfer_only = replace(cfg, evaluation=replace(cfg.evaluation, protocols=["transfer"]))
     again = {r["model"]: r for r in evaluate_models(transfer_only)}
-    for model in cfg.evaluation.models:
-        for attack in cfg.evaluation.attacks:
+    assert set(attacked) == {attacks[0]}
+    for model in cfg.evaluation.models:  # seeded per attack: regenerated or loaded, the pipeline's cells come back
+        for attack in attacks:
             assert again[model][attack] == rows[("transfer", model)][attack]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[evaluate] transfer ")]
+    assert len(lines) == len(attacks)
+    for k, (line, attack) in enumerate(zip(lines, attacks), start=1):  # one progress line per attack, as it ends
+        assert line.startswith(f"[evaluate] transfer {attack} ({k}/{len(attacks)}) on ")
+        assert ("generated" if k == 1 else "loaded") in line
+        for model in cfg.evaluation.models:
+            assert f"{model} {again[model][attack]:.4f}" in line
+    assert (folder / f"{attacks[0]}.pt").exists()  # and kept again
 
 
 def test_mlflow_holds_the_four_stage_runs_with_artifacts(pipeline_run):
