@@ -155,3 +155,12 @@ def param_fingerprint(model: nn.Module) -> torch.Tensor:
     """A cheap float64 vector summarising all parameters (for cross-worker equality checks)."""
     return torch.stack([p.detach().double().sum() for p in model.parameters()] +
                        [p.detach().double().abs().sum() for p in model.parameters()])
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate to ``lr`` (a step schedule applied at the start of an epoch).
+
+    Adam's moment estimates do not depend on the learning rate, so a run resumed from a saved optimizer state and
+    given the same schedule takes the same steps as one that never stopped."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

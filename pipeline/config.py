@@ -87,7 +87,11 @@ class LossWeightsConfig:
 class MidConfig:
     epochs: int = 5
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-3  # the paper's "initial learning rate"; see lr_decay_epochs
+    # Step decay: the outer learning rate is lr * lr_decay_factor**k in an epoch (1-based) after k of these epochs,
+    # e.g. [25] with 0.1: epochs 1-25 at lr, 26 on at lr / 10. [] = constant (every run before session 15).
+    lr_decay_epochs: list[int] = field(default_factory=list)
+    lr_decay_factor: float = 0.1
     inner_lr: float = 1e-3  # α
     meta_test_weight: float = 1.0  # β
     first_order: bool = False
@@ -125,6 +129,11 @@ class MidConfig:
     # on 4 x 128 images instead of 160 on 128; same draws, same views up to float rounding). False = advertorch one
     # by one, as every run before session 14.
     online_fused: bool = False
+
+    def lr_at(self, epoch: int) -> float:
+        """The outer (Adam) learning rate of 0-based epoch ``epoch``: ``lr`` decayed by ``lr_decay_factor`` once for
+        every entry of ``lr_decay_epochs`` that is <= ``epoch`` (so [25] changes it from the 26th epoch on)."""
+        return self.lr * self.lr_decay_factor ** sum(1 for e in self.lr_decay_epochs if e <= epoch)
 
 
 @dataclass
@@ -241,6 +250,10 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{path} must be a finite number, got {value!r}")
         return float(value)
+    if text.startswith("list[int]"):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{path} must be a list of integers, got {value!r}")
+        return list(value)
     if text.startswith("list"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path} must be a list of names, got {value!r}")
@@ -291,6 +304,13 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
         if cfg.pool.refresh_every:
             raise ConfigError("mid.continue_from works with a static pool only (pool.refresh_every: 0): a refreshed "
                               "run continues its own segments already")
+    decay = cfg.mid.lr_decay_epochs
+    if not all(e > 0 for e in decay) or sorted(set(decay)) != decay:
+        raise ConfigError(f"mid.lr_decay_epochs must be a list of increasing positive epoch numbers (e.g. [25]: "
+                          f"lr / 10 from epoch 26 on), got {decay!r}")
+    if not 0 < cfg.mid.lr_decay_factor <= 1:
+        raise ConfigError(f"mid.lr_decay_factor must be in (0, 1] (0.1 = a tenth after each decay epoch), got "
+                          f"{cfg.mid.lr_decay_factor}")
     for section, eps in (("pool.eps", cfg.pool.eps), ("evaluation.eps", cfg.evaluation.eps)):
         if not 0 < eps <= 1:
             raise ConfigError(f"{section} must be in (0, 1] (images are in [0, 1]; the paper uses 0.3), got {eps}")

@@ -14,6 +14,7 @@ teacher and the pool of one output_dir.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipeline.config import ConfigError, ExperimentConfig, config_from_dict
+from pipeline.config import ConfigError, ExperimentConfig, MidConfig, config_from_dict
 from pipeline.paths import ExperimentPaths
 from pipeline.ray_runtime import auto_threads, init_ray, train_scaling, worker_device, worker_env
 from pipeline.tracking import RunLogger, stage_run
@@ -95,6 +96,7 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
     from mid_core.evaluation import accuracy
     from mid_core.meta_step import BENIGN, apply_grads, draw_held_out, meta_step
     from mid_core.models import DeployedModel, classifier_student_from_teacher, student_from_teacher
+    from mid_core.training import set_learning_rate
     from pipeline.store_datasource import adv_column
 
     cfg = config_from_dict(loop_config["config"], check_data=False)
@@ -136,6 +138,7 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
     validation = load_dataset(cfg.data.dataset, "test", cfg.data.root, cfg.data.download).subset(cfg.evaluation.limit or 1000)
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, end_epoch):
+        set_learning_rate(optimizer, cfg.mid.lr_at(epoch))
         t0, sums, batches, divergence = time.perf_counter(), {}, 0, 0.0
         held_counts = {d: 0 for d in domains}
         for batch in shard.iter_torch_batches(batch_size=cfg.mid.batch_size, drop_last=True,
@@ -165,7 +168,8 @@ def _mid_worker(loop_config: dict[str, Any]) -> None:
                 logger.log({f"step/{k}": v for k, v in result.metrics.items()}, step=step)
         metrics: dict[str, float] = {k: v / max(batches, 1) for k, v in sums.items()}
         metrics.update({"epoch": epoch + 1, "steps": step, "batches_this_epoch": batches,
-                        "epoch_seconds": time.perf_counter() - t0, "max_param_divergence": divergence,
+                        "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
+                        "max_param_divergence": divergence,
                         "world_size": world, "sync_verified": float(cfg.mid.verify_sync and world > 1),
                         "pool_version": pool_version})
         metrics.update({f"held_out_count/{d}": c for d, c in held_counts.items()})
@@ -292,7 +296,7 @@ def continuation_state(cfg: ExperimentConfig, paths: ExperimentPaths, teacher_fp
         raise ValueError(f"mid.continue_from: {source!r} already has {epoch} epochs; set mid.epochs above {epoch} "
                          "to train longer")
     theirs = read_checkpoint(states[epoch].with_name(f"deployed_epoch{epoch}.pt"))["config"]
-    for section, key in (("model", "backbone"), ("mid", "use_distillation"), ("mid", "lr"), ("mid", "batch_size"),
+    for section, key in (("model", "backbone"), ("mid", "use_distillation"), ("mid", "batch_size"),
                          ("mid", "attacks"), ("data", "train_limit"), ("seed", None)):
         mine = getattr(getattr(cfg, section), key) if key else getattr(cfg, section)
         other = theirs.get(section, {}).get(key) if key else theirs.get(section)
@@ -300,6 +304,16 @@ def continuation_state(cfg: ExperimentConfig, paths: ExperimentPaths, teacher_fp
             name = f"{section}.{key}" if key else section
             raise ValueError(f"mid.continue_from: {source!r} was trained with {name} = {other!r}, this config has "
                              f"{mine!r}; continuing would not equal one longer run. Use the same {name}.")
+    # The learning rate may change after the epochs already trained (a decay that starts later), not before them.
+    theirs_mid = theirs.get("mid", {})
+    their_schedule = MidConfig(lr=theirs_mid.get("lr"), lr_decay_epochs=list(theirs_mid.get("lr_decay_epochs", [])),
+                               lr_decay_factor=theirs_mid.get("lr_decay_factor", 0.1))
+    for e in range(epoch):
+        if not math.isclose(cfg.mid.lr_at(e), their_schedule.lr_at(e), rel_tol=1e-12):
+            raise ValueError(f"mid.continue_from: {source!r} trained epoch {e + 1} at learning rate {their_schedule.lr_at(e)!r}, "
+                             f"this config's schedule (mid.lr {cfg.mid.lr}, mid.lr_decay_epochs {cfg.mid.lr_decay_epochs}) "
+                             f"gives {cfg.mid.lr_at(e)!r}; continuing would not equal one longer run. Keep mid.lr and "
+                             f"put decay epochs at or after epoch {epoch}.")
     # The training state records the fingerprint of the teacher it was trained against. States written before that
     # key existed cannot be checked: the check is skipped with a warning (not refused, so finished runs stay usable).
     theirs_fp = torch.load(states[epoch], map_location="cpu", weights_only=True).get("teacher_fingerprint")

@@ -16,6 +16,8 @@
 # Runs (each writes OUT/<run>/results.json, checkpoints and log.txt):
 #   mnist_mid_long   MNIST MID (static pool) continued from mid_e29 for as many epochs as fit; paper + transfer (not
 #                    in the default list since session 14 took it to epoch 29: +0.04 points per epoch)
+#   mnist_mid_decay  the same continuation with the learning rate cut to a tenth (1e-4) from epoch 30
+#                    (mid.lr_decay_epochs, session 15)
 #   mnist_online     MNIST MID with attacks on the current student every step (mid.online_attacks, the limit of
 #                    refresh), student encoder started at random; paper + white-box. (mnist_refresh, the per-epoch
 #                    refresh continued from mid_e29, is kept but not in the default list: session 6 measured refresh,
@@ -43,7 +45,7 @@ mkdir -p "$out"
 start=$(date +%s)
 wanted() { case " $runs " in *" $1 "*) return 0 ;; esac; return 1; }
 needed=(teacher.pt)
-{ wanted mnist_mid_long || wanted mnist_refresh; } && needed+=(mid_e29.pt)
+{ wanted mnist_mid_long || wanted mnist_mid_decay || wanted mnist_refresh; } && needed+=(mid_e29.pt)
 for f in "${needed[@]}"; do
   [ -f "$ckpt/$f" ] || { echo "missing $ckpt/$f: build the payload first (see the header of $0)" >&2; exit 2; }
 done
@@ -93,6 +95,9 @@ launch_mnist() {
     mnist_mid_long) launch mnist_mid_long "$budget" --config $mnist --variants mid --teacher "$ckpt/teacher.pt" \
       --init-from mid="$ckpt/mid_e29.pt" --set mid.epochs=200 --set "evaluation.protocols=[paper,transfer]" \
       --eval-reserve-s 30 --fixed-sets "$sets/mnist.pt" ;;
+    mnist_mid_decay) launch mnist_mid_decay "$budget" --config $mnist --variants mid --teacher "$ckpt/teacher.pt" \
+      --init-from mid="$ckpt/mid_e29.pt" --set mid.epochs=200 --set "mid.lr_decay_epochs=[29]" \
+      --set "evaluation.protocols=[paper,transfer]" --eval-reserve-s 30 --fixed-sets "$sets/mnist.pt" ;;
     mnist_at) launch mnist_at "$budget" --config $mnist --variants at --teacher "$ckpt/teacher.pt" \
       --set "evaluation.protocols=[paper,whitebox]" --eval-reserve-s 240 --whitebox-models at \
       --fixed-sets "$sets/mnist.pt" ;;
@@ -107,7 +112,7 @@ launch_mnist() {
       --set mid.epochs=6 --set "evaluation.protocols=[paper]" --eval-reserve-s 20 --fixed-sets "$sets/mnist.pt" ;;
   esac
 }
-mnist_runs="mnist_at mnist_mid_long mnist_online mnist_refresh mnist_pool8"  # the first one wanted makes the MNIST sets
+mnist_runs="mnist_at mnist_mid_long mnist_mid_decay mnist_online mnist_refresh mnist_pool8"  # the first one wanted makes the MNIST sets
 mnist_producer=""
 for name in $mnist_runs; do wanted "$name" && { mnist_producer=$name; break; }; done
 [ -n "$mnist_producer" ] && launch_mnist "$mnist_producer"

@@ -161,3 +161,21 @@ def test_online_attacks_leave_no_pool_to_refresh_or_continue():
     with pytest.raises(ConfigError, match="mid.continue_from: null"):
         config_from_dict({"mid": {"variant": "mid_long", "online_attacks": True, "continue_from": "mid"}})
     assert config_from_dict({"mid": {"online_attacks": True}}).mid.online_attacks
+
+
+@pytest.mark.parametrize("decay", [[0], [5, 3], [3, 3], [2.5], [True]])
+def test_lr_decay_epochs_must_be_increasing_positive_epoch_numbers(decay):
+    with pytest.raises(ConfigError, match="mid.lr_decay_epochs"):
+        config_from_dict({"mid": {"lr_decay_epochs": decay}})
+
+
+@pytest.mark.parametrize("factor", [0.0, -0.1, 1.5])
+def test_lr_decay_factor_must_be_in_the_unit_interval(factor):
+    with pytest.raises(ConfigError, match=r"mid.lr_decay_factor must be in \(0, 1\]"):
+        config_from_dict({"mid": {"lr_decay_epochs": [2], "lr_decay_factor": factor}})
+
+
+def test_the_learning_rate_steps_down_after_each_decay_epoch():
+    mid = config_from_dict({"mid": {"lr": 1e-3, "lr_decay_epochs": [2, 4], "lr_decay_factor": 0.5}}).mid
+    assert [mid.lr_at(epoch) for epoch in range(6)] == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4])
+    assert config_from_dict({}).mid.lr_at(1000) == config_from_dict({}).mid.lr  # no decay epochs: constant

@@ -91,3 +91,25 @@ def test_an_old_state_without_teacher_fingerprint_is_accepted_with_a_warning(tmp
     cfg = _config(tmp_path, "mid.epochs=2")
     assert continuation_state(cfg, ExperimentPaths.of(cfg), "b" * 64) == (state, 1)
     assert "records no teacher fingerprint" in capsys.readouterr().out
+
+
+def test_a_decay_that_starts_after_the_trained_epochs_is_accepted(tmp_path):
+    state = _finished_short_run(tmp_path, 2)
+    cfg = _config(tmp_path, "mid.epochs=4", "mid.lr_decay_epochs=[2]")
+    assert continuation_state(cfg, ExperimentPaths.of(cfg)) == (state, 2)
+
+
+def test_a_decay_inside_the_trained_epochs_is_refused(tmp_path):
+    _finished_short_run(tmp_path, 2)
+    cfg = _config(tmp_path, "mid.epochs=4", "mid.lr_decay_epochs=[1]")
+    with pytest.raises(ValueError, match="trained epoch 2 at learning rate .* decay epochs at or after epoch 2"):
+        continuation_state(cfg, ExperimentPaths.of(cfg))
+
+
+def test_a_decayed_run_continues_only_with_its_own_schedule(tmp_path):
+    state = _finished_short_run(tmp_path, 3, "mid.lr_decay_epochs=[1]")
+    same = _config(tmp_path, "mid.epochs=5", "mid.lr_decay_epochs=[1]")
+    assert continuation_state(same, ExperimentPaths.of(same)) == (state, 3)
+    undecayed = _config(tmp_path, "mid.epochs=5")
+    with pytest.raises(ValueError, match="trained epoch 2 at learning rate"):
+        continuation_state(undecayed, ExperimentPaths.of(undecayed))

@@ -14,7 +14,7 @@ from mid_core.meta_step import BENIGN, apply_grads, draw_held_out, meta_step
 from mid_core.models import (
     DeployedModel, StandardClassifier, Teacher, classifier_of, classifier_student_from_teacher, student_from_teacher,
 )
-from mid_core.training import adversarial_epoch, reconstruction_r2, shuffled_batches, teacher_epoch
+from mid_core.training import adversarial_epoch, reconstruction_r2, set_learning_rate, shuffled_batches, teacher_epoch
 from pipeline.config import ExperimentConfig
 from pipeline.direct.attacks import success_rates
 from pipeline.direct.budget import epoch_fits, log, sync
@@ -116,6 +116,7 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
     for epoch in range(start_epoch, cfg.mid.epochs):
         if not epoch_fits(epoch - start_epoch, used, cap_s):
             break
+        set_learning_rate(opt, cfg.mid.lr_at(epoch))
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch * 7919)).to(device)
         sums: dict[str, float] = {}
@@ -164,6 +165,7 @@ def train_mid_variant(cfg: ExperimentConfig, teacher: Teacher, pool: dict[str, t
             metrics["refresh_seconds"] = refreshes[-1]["seconds"]
         used += time.perf_counter() - t0
         metrics["epoch"] = epoch + 1
+        metrics["lr"] = opt.param_groups[0]["lr"]  # the rate this epoch ran at
         history.append(metrics)
         info.update(epochs_completed=epoch + 1, steps=step, seconds=used)
         log(f"{cfg.mid.variant} epoch {epoch + 1}/{cfg.mid.epochs} loss={metrics.get('loss_total', float('nan')):.4f} "
