@@ -257,8 +257,9 @@ def test_killed_worker_resumes_and_matches_uninterrupted_run(pipeline_run, tmp_p
 
 
 def test_continuing_a_variant_equals_one_longer_run(pipeline_run, tmp_path):
-    """mid.continue_from: 1 epoch of variant `short`, continued to 2 epochs as `longer`, writes the weights that
-    2 uninterrupted epochs write (constant-lr Adam, the optimizer state travels with the student)."""
+    """mid.continue_from: 1 epoch of variant `short`, continued to 2 epochs as `longer` with a learning-rate decay
+    that starts after the first, writes the weights that 2 uninterrupted epochs with that schedule write (the Adam
+    state travels with the student; the rate is set from the epoch)."""
     import torch
 
     from mid_core.checkpoint import read_checkpoint
@@ -269,10 +270,13 @@ def test_continuing_a_variant_equals_one_longer_run(pipeline_run, tmp_path):
     base = [f"output_dir={tmp_path}"]
     train_mid.run(load_config(REPO / "configs" / "tiny_test.yaml", base + ["mid.variant=short", "mid.epochs=1"]))
     longer = read_checkpoint(train_mid.run(load_config(
-        REPO / "configs" / "tiny_test.yaml", base + ["mid.variant=longer", "mid.epochs=2", "mid.continue_from=short"])))
+        REPO / "configs" / "tiny_test.yaml",
+        base + ["mid.variant=longer", "mid.epochs=2", "mid.continue_from=short", "mid.lr_decay_epochs=[1]"])))
     straight = read_checkpoint(train_mid.run(load_config(
-        REPO / "configs" / "tiny_test.yaml", base + ["mid.variant=straight", "mid.epochs=2"])))
+        REPO / "configs" / "tiny_test.yaml", base + ["mid.variant=straight", "mid.epochs=2", "mid.lr_decay_epochs=[1]"])))
     assert longer["metrics"]["epoch"] == straight["metrics"]["epoch"] == 2
+    lr = longer["config"]["mid"]["lr"]
+    assert longer["metrics"]["lr"] == straight["metrics"]["lr"] == pytest.approx(lr * 0.1)  # what the optimizer used
     assert longer["metrics"]["steps"] == straight["metrics"]["steps"]
     for k, v in straight["state_dict"].items():
         assert torch.allclose(v, longer["state_dict"][k], atol=1e-6), k
