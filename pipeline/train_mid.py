@@ -305,15 +305,14 @@ def continuation_state(cfg: ExperimentConfig, paths: ExperimentPaths, teacher_fp
             raise ValueError(f"mid.continue_from: {source!r} was trained with {name} = {other!r}, this config has "
                              f"{mine!r}; continuing would not equal one longer run. Use the same {name}.")
     # The learning rate may change after the epochs already trained (a decay that starts later), not before them.
-    theirs_mid = theirs.get("mid", {})
-    their_schedule = MidConfig(lr=theirs_mid.get("lr"), lr_decay_epochs=list(theirs_mid.get("lr_decay_epochs", [])),
-                               lr_decay_factor=theirs_mid.get("lr_decay_factor", 0.1))
+    schedule = {k: v for k, v in theirs.get("mid", {}).items() if k in ("lr", "lr_decay_epochs", "lr_decay_factor")}
+    their_rate = MidConfig(**schedule).lr_at  # a key an older run did not write takes its default (no decay)
     for e in range(epoch):
-        if not math.isclose(cfg.mid.lr_at(e), their_schedule.lr_at(e), rel_tol=1e-12):
-            raise ValueError(f"mid.continue_from: {source!r} trained epoch {e + 1} at learning rate {their_schedule.lr_at(e)!r}, "
-                             f"this config's schedule (mid.lr {cfg.mid.lr}, mid.lr_decay_epochs {cfg.mid.lr_decay_epochs}) "
-                             f"gives {cfg.mid.lr_at(e)!r}; continuing would not equal one longer run. Keep mid.lr and "
-                             f"put decay epochs at or after epoch {epoch}.")
+        if not math.isclose(cfg.mid.lr_at(e), their_rate(e), rel_tol=1e-12):
+            raise ValueError(f"mid.continue_from: {source!r} trained epoch {e + 1} at learning rate {their_rate(e)!r}, "
+                             f"this config's schedule (mid.lr {cfg.mid.lr}, mid.lr_decay_epochs "
+                             f"{cfg.mid.lr_decay_epochs}) gives {cfg.mid.lr_at(e)!r}; continuing would not equal one "
+                             f"longer run. Keep mid.lr and put decay epochs at or after epoch {epoch}.")
     # The training state records the fingerprint of the teacher it was trained against. States written before that
     # key existed cannot be checked: the check is skipped with a warning (not refused, so finished runs stay usable).
     theirs_fp = torch.load(states[epoch], map_location="cpu", weights_only=True).get("teacher_fingerprint")
