@@ -103,8 +103,14 @@ def evaluate_models(cfg: ExperimentConfig) -> list[dict[str, Any]]:
                 if n == base_limit and spec.kind not in SLOW_KINDS:
                     bounded[name] = adv
                 print(f"[evaluate] whitebox {role} {name}: {result.accuracy:.4f} on {n} images ({time.perf_counter() - t0:.1f}s)", flush=True)
+            t0 = time.perf_counter()
+            print(f"[evaluate] whitebox {role}: sanity checks on {base_limit} images ...", flush=True)
             extra: dict[str, Any] = {"sanity_warnings": whitebox_sanity(cfg, model, x_all, y_all, values, bounded, specs)}
+            print(f"[evaluate] whitebox {role}: sanity checks done ({time.perf_counter() - t0:.1f}s)", flush=True)
             if cfg.evaluation.verdict_pgd_restarts:
+                ev = cfg.evaluation
+                print(f"[evaluate] whitebox {role}: verdict, PGD-{ev.verdict_pgd_steps} x {ev.verdict_pgd_restarts} "
+                      f"restarts on {base_limit} images ...", flush=True)
                 extra["verdict"] = whitebox_verdict(cfg, model, x_all, y_all, values, bounded)
                 print(f"[evaluate] verdict {role}: {extra['verdict']}", flush=True)
             row("whitebox", role, values, extra)

@@ -3,6 +3,7 @@
     python -m pipeline.model_zoo --config configs/mnist_classic.yaml            # every evaluated model
     python -m pipeline.model_zoo --config configs/mnist_classic.yaml --models mid at
     python -m pipeline.model_zoo --config configs/mnist_classic.yaml --results runs/a/evaluation/results.json runs/b/...
+    python -m pipeline.model_zoo --config configs/mnist_classic.yaml --set output_dir=runs/other --dest /tmp/zoo
 
 Each model is a weights-only checkpoint (with its config and training metrics inside) that
 ``mid_core.load_robust_model(path)`` loads as an images -> logits module. ``models/<experiment>/README.md``
@@ -12,7 +13,6 @@ retraining).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli import parser
 from pipeline.config import ConfigError, ExperimentConfig, load_config
 from pipeline.paths import ExperimentPaths
 
@@ -92,15 +93,14 @@ def export(cfg: ExperimentConfig, models: list[str], dest: Path, results_paths: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="the experiment's config, e.g. configs/mnist_classic.yaml")
+    p = parser(__doc__.splitlines()[0])  # --config and --set (e.g. --set output_dir=runs/other: models from there)
     p.add_argument("--models", nargs="*", default=None, help="models to export (default: the config's evaluation.models)")
     p.add_argument("--dest", default=None, help="destination folder (default: models/<experiment name>)")
     p.add_argument("--results", nargs="*", default=None, type=Path,
                    help="results.json files to merge (later ones win per protocol and model); default: the run's own")
     args = p.parse_args(argv)
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -81,3 +81,22 @@ def test_merging_results_of_different_test_sets_is_refused(tmp_path):
     second = _results(tmp_path / "b" / "results.json", [row], test_images=1000)
     with pytest.raises(ValueError, match="disagree on"):
         export(cfg, ["at"], tmp_path / "zoo", [first, second])
+
+
+def test_command_line_reads_models_from_an_overridden_output_dir(tmp_path, monkeypatch, capsys):
+    """``--set output_dir=...`` points the exporter at another run folder (e.g. one made for a single evaluation)."""
+    from pipeline.model_zoo import main
+
+    _run(tmp_path)
+    results = _results(tmp_path / "run" / "evaluation" / "results.json",
+                       [{"protocol": "whitebox", "model": "at", "benign": 0.5, "PGD_N": 0.25}])
+    config = tmp_path / "zoo.yaml"
+    config.write_text("name: zoo\noutput_dir: /nonexistent/elsewhere\nmodel: {backbone: lenet_tiny}\n"
+                      "evaluation: {models: [at], attacks: [PGD_N]}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(config), "--models", "at", "--dest", str(tmp_path / "zoo"),
+                 "--results", str(results)]) == 2
+    assert "/nonexistent/elsewhere/models/at.pt does not exist" in capsys.readouterr().err
+    assert main(["--config", str(config), "--set", f"output_dir={tmp_path / 'run'}", "--models", "at",
+                 "--dest", str(tmp_path / "zoo"), "--results", str(results)]) == 0
+    assert "| whitebox | 50.00 | 25.00 |" in (tmp_path / "zoo" / "README.md").read_text()
