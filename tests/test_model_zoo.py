@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from mid_core import load_robust_model
 from mid_core.checkpoint import save_checkpoint
@@ -87,12 +88,11 @@ def test_command_line_reads_models_from_an_overridden_output_dir(tmp_path, monke
     """``--set output_dir=...`` points the exporter at another run folder (e.g. one made for a single evaluation)."""
     from pipeline.model_zoo import main
 
-    _run(tmp_path)
+    cfg, _ = _run(tmp_path)
     results = _results(tmp_path / "run" / "evaluation" / "results.json",
                        [{"protocol": "whitebox", "model": "at", "benign": 0.5, "PGD_N": 0.25}])
-    config = tmp_path / "zoo.yaml"
-    config.write_text("name: zoo\noutput_dir: /nonexistent/elsewhere\nmodel: {backbone: lenet_tiny}\n"
-                      "evaluation: {models: [at], attacks: [PGD_N]}\n")
+    config = tmp_path / "zoo.yaml"  # the same experiment, written with an output_dir that holds no models
+    config.write_text(yaml.safe_dump({**cfg.to_dict(), "output_dir": "/nonexistent/elsewhere"}))
     monkeypatch.chdir(tmp_path)
     assert main(["--config", str(config), "--models", "at", "--dest", str(tmp_path / "zoo"),
                  "--results", str(results)]) == 2
