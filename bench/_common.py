@@ -492,7 +492,7 @@ def start_ray(num_cpus: int = 4, object_store_memory: int | None = None, default
         os.environ["RAY_worker_niceness"] = "0"
     os.environ.pop("RAY_ADDRESS", None)
     t0 = time.perf_counter()
-    from pipeline.ray_runtime import local_ray_kwargs
+    from pipeline.executors.ray_runtime import local_ray_kwargs
 
     kwargs: dict[str, Any] = {"address": "local", "num_cpus": num_cpus, "log_to_driver": True,
                               "ignore_reinit_error": True, **local_ray_kwargs(include_dashboard=False)}

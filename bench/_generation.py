@@ -28,13 +28,16 @@ def setup_teacher_and_config(tmp: str | os.PathLike, rows: int, steps: int, step
 
 
 def generate_with_ray(cfg: Any, path: Path) -> dict[str, Any]:
-    """``pipeline.generation.generate_store`` (actors, Zarr writes, finalize) on the training split."""
-    from pipeline.generation import generate_store
+    """``pipeline.stages.pool.generate_store`` on the Ray executor (actors, Zarr writes, finalize), training split."""
+    from pipeline.executors import get_executor
+    from pipeline.paths import ExperimentPaths
+    from pipeline.stages.pool import generate_store
 
     t0 = time.perf_counter()
     with C.CpuTracker("MapWorker", 0.5) as cpu:
-        generate_store(cfg, path, "train", cfg.pool.attacks, cfg.pool.eps, cfg.pool.steps, cfg.pool.step_size,
-                       cfg.data.train_limit, {"role": "bench"})
+        generate_store(cfg, get_executor("ray"), str(path), "train", cfg.pool.attacks, cfg.pool.eps, cfg.pool.steps,
+                       cfg.pool.step_size, cfg.data.train_limit, ExperimentPaths.of(cfg).model("teacher"), "teacher",
+                       cfg.seed, {"role": "bench"})
     wall = time.perf_counter() - t0
     done = block_completion_times(path)
     out = {"seconds": wall, "blocks": len(done), "first_block_done_after": done[0] - t0 if done else None}
@@ -67,10 +70,11 @@ class PlainLoop:
         from mid_core.attacks import AttackSpec
         from mid_core.checkpoint import load_classifier
         from mid_core.datasets import load_dataset
-        from pipeline.generation import attack_specs, source_checkpoint
+        from pipeline.paths import ExperimentPaths
+        from pipeline.stages.pool import attack_specs
 
         self.cfg, self.threads = cfg, threads
-        self.model = load_classifier(source_checkpoint(cfg))
+        self.model = load_classifier(ExperimentPaths.of(cfg).model("teacher"))
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.data = load_dataset(cfg.data.dataset, "train", cfg.data.root).subset(cfg.data.train_limit)
@@ -80,7 +84,7 @@ class PlainLoop:
     def run(self) -> dict[str, Any]:
         from mid_core.attacks import run_attack
         from mid_core.quantize import quantize_adversarial
-        from pipeline.generation import SLOW_KINDS, block_seed
+        from pipeline.stages.pool import SLOW_KINDS, attack_seed
 
         torch.set_num_threads(self.threads)
         n, bs = len(self.data), self.cfg.pool.block_size
@@ -93,7 +97,7 @@ class PlainLoop:
             tb, cb = time.perf_counter(), time.process_time()
             stop = min(start + bs, n)
             for index, (name, spec) in enumerate(self.specs.items()):
-                gen = torch.Generator().manual_seed(block_seed(self.cfg.seed, block, index))
+                gen = torch.Generator().manual_seed(attack_seed(self.cfg.seed, block, name))
                 for i in range(start, stop, self.cfg.pool.batch_size):
                     j = min(i + self.cfg.pool.batch_size, stop)
                     out = run_attack(spec, self.model, images[i:j], labels[i:j], num_classes=10, generator=gen)

@@ -1,7 +1,7 @@
 """Benchmark 6: the four stages end to end (teacher -> pool -> MID -> evaluation) with one config.
 
-Runs ``pipeline.train_teacher.run``, ``pipeline.generation.run``, ``pipeline.train_mid.run`` and
-``pipeline.evaluate.run`` in this process on a private local Ray (4 logical CPUs, no dashboard), and prints per
+Runs the stages of ``pipeline.stages`` (teacher, pool, mid, evaluate) in this process through an executor
+(``--executor ray``, the default: a private local Ray with 4 logical CPUs and no dashboard; or ``local``), and prints per
 stage the wall time and the peak resident memory: of this driver process (VmHWM, reset before each stage) and of
 the whole process tree (Ray workers and actors included; sampled every 0.2 s, private RssAnon summed so shared
 object-store pages are not counted several times).
@@ -23,11 +23,14 @@ from bench import _common as C
 QUICK_OVERRIDES = ["teacher.epochs=2", "mid.epochs=2", "evaluation.limit=100", "evaluation.slow_attack_limit=16"]
 
 
-def run_stages(cfg: Any, stages: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def run_stages(cfg: Any, stages: list[str] | None = None, executor_name: str = "ray") -> dict[str, dict[str, Any]]:
     """Run the stages in order; per stage: seconds, driver peak RSS, tree peaks."""
-    from pipeline import evaluate, generation, train_mid, train_teacher
+    from pipeline.executors import get_executor
+    from pipeline.stages import evaluate, mid, pool, teacher
 
-    funcs = {"teacher": train_teacher.run, "pool": generation.run, "mid": train_mid.run, "evaluation": evaluate.run}
+    executor = get_executor(executor_name)
+    funcs = {"teacher": lambda c: teacher.run(c, executor), "pool": lambda c: pool.run(c, executor),
+             "mid": lambda c: mid.run(c, executor), "evaluation": evaluate.run}
     out: dict[str, dict[str, Any]] = {}
     for name in stages or list(funcs):
         reset_ok = C.reset_peak_rss()
@@ -51,6 +54,7 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="key.sub=value overrides")
     p.add_argument("--output-dir", default=None, help="default: a temporary folder, deleted afterwards")
     p.add_argument("--ray-default-niceness", action="store_true", help="keep Ray workers at niceness 15")
+    p.add_argument("--executor", default="ray", choices=["ray", "local"], help="the stages' executor")
     args = p.parse_args()
     info = C.banner("end_to_end", args)
     from pipeline.config import load_config
@@ -65,7 +69,7 @@ def main() -> None:
         ray_start = C.start_ray(num_cpus=4, default_niceness=args.ray_default_niceness)
         print(f"config {config} overrides {overrides}; ray.init {ray_start:.1f}s "
               f"({C.ray_worker_env_note(args.ray_default_niceness)})", flush=True)
-        stages = run_stages(cfg)
+        stages = run_stages(cfg, executor_name=args.executor)
         import json
 
         table = json.loads((Path(out_dir) / "evaluation" / "results.json").read_text())

@@ -1,6 +1,6 @@
 """Benchmark 2: pool generation through Ray Data actors into Zarr vs a plain PyTorch loop.
 
-Ray variant: ``pipeline.generation.generate_store`` (one ``BlockGenerator`` actor, 0.5 CPU, 1 torch thread; it
+Ray variant: ``pipeline.stages.pool.generate_store`` (Ray executor) (one ``BlockGenerator`` actor, 0.5 CPU, 1 torch thread; it
 attacks, quantises, scores the attack success on the source model, writes whole Zarr chunks with zstd + crc32c,
 and finalizes the store). Plain variant: the same four attacks (PGD_N, PGD_T, MIM_N, MIM_T) on the same images
 with the same per-block seeds in a loop in this process with 1 torch thread, writing uint8 NumPy arrays. The two

@@ -1,6 +1,6 @@
 """Benchmark 3: does pool generation scale with actors, and does a multi-node run give the same store?
 
-(1) ``pipeline.generation.generate_store`` with 1 vs 2 ``BlockGenerator`` actors (1 torch thread each, 0.5 CPU
+(1) ``pipeline.stages.pool.generate_store`` (Ray executor) with 1 vs 2 ``BlockGenerator`` actors (1 torch thread each, 0.5 CPU
     each) on this 2-core machine, interleaved, same config (four attacks, lenet5_classic teacher). Speedup in
     steady state (blocks per second between the first and last finished block) and including each run's fixed
     cost (actor start-up). Goal: >= 1.7x.

@@ -2,8 +2,7 @@
 
 (1) Streaming: a synthetic store (random uint8 views: incompressible, so on disk ~ in memory) several times larger
     than a deliberately small Ray object store (``ray.init(object_store_memory=80 MiB)``) is streamed through
-    ``read_store -> iter_torch_batches(batch_size=256, local_shuffle_buffer_size=2048)`` as ``pipeline/train_mid.py``
-    does, touching every batch. Recorded: the driver's peak RSS (VmHWM, reset after the store is written) and its
+    ``read_store -> epoch_batches(batch_size=256, window=2048 rows)`` as ``pipeline/stages/mid.py`` reads it on Ray, touching every batch. Recorded: the driver's peak RSS (VmHWM, reset after the store is written) and its
     growth over the baseline, the largest Ray worker, and the whole process tree's private memory; full runs use
     stores of 160 and 960 MiB (2x and 12x the object store) to show the growth does not follow the store size.
     Growth is measured from the driver's RSS after a warm-up stream (imports, Ray Data's first use) to its peak.
@@ -51,17 +50,17 @@ def write_random_store(path: Path, rows: int, block_size: int, seed: int) -> Any
 def stream(path: str, seed: int) -> dict[str, Any]:
     import ray.data
 
-    from pipeline.store_datasource import adv_column, read_store
+    import torch
+
+    from bench.streaming import stream_batches
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    ds = read_store(path).randomize_block_order(seed=seed)
     rows, checksum = 0, 0
     t0 = time.perf_counter()
-    for batch in ds.iter_torch_batches(batch_size=256, drop_last=False, local_shuffle_buffer_size=2048,
-                                       local_shuffle_seed=seed):
-        views = [batch["clean"].float().div_(255.0)] + [batch[adv_column(a)].float().div_(255.0) for a in C.ATTACKS]
+    for clean, labels, adv in stream_batches(path, 2048, seed, 0):
+        views = [clean.float().div_(255.0)] + [adv[a].float().div_(255.0) for a in C.ATTACKS]
         checksum += int(sum(float(v.sum()) for v in views) > 0)
-        rows += int(batch["label"].shape[0])
+        rows += int(labels.shape[0])
     return {"rows_streamed": rows, "seconds": time.perf_counter() - t0, "batches": checksum}
 
 

@@ -37,7 +37,7 @@ def main() -> None:
     from mid_core.checkpoint import load_classifier
     from mid_core.evaluation import predict
     from mid_core.quantize import from_uint8, quantize_adversarial
-    from pipeline.generation import attack_specs, block_seed
+    from pipeline.stages.pool import attack_seed, attack_specs
 
     with tempfile.TemporaryDirectory(prefix="bench_store_size_") as tmp:
         ckpt, acc = C.train_teacher_quick(tmp, "lenet5_classic", n=1000 if args.quick else 4000,
@@ -50,10 +50,10 @@ def main() -> None:
         specs = attack_specs(C.ATTACKS, 0.3, steps, step_size)
         block = 256
         adv_u8, targets, ok_float, ok_u8 = {}, {}, {}, {}
-        for index, (name, spec) in enumerate(specs.items()):
+        for name, spec in specs.items():
             parts_u8, parts_f, parts_t = [], [], []
             for b, start in enumerate(range(0, rows, block)):
-                gen = torch.Generator().manual_seed(block_seed(args.seed, b, index))
+                gen = torch.Generator().manual_seed(attack_seed(args.seed, b, name))
                 x, y = images[start:start + block], labels[start:start + block]
                 out = run_attack(spec, model, x, y, num_classes=10, generator=gen)
                 parts_f.append(out.adversarial)

@@ -1,8 +1,8 @@
 """Benchmark 4: training throughput when batches stream from the store through Ray Data vs from memory.
 
-Streamed: ``pipeline.store_datasource.read_store(path).randomize_block_order(seed)`` ->
-``iter_torch_batches(batch_size=256, drop_last=True, local_shuffle_buffer_size=...)`` with ``preserve_order`` on,
-then the uint8 -> float conversion and the MID meta step + Adam, exactly as ``pipeline/train_mid.py`` does (here in
+Streamed: ``pipeline.executors.ray_datasource.read_store(path, block_order)`` -> whole blocks ->
+``pipeline.stages.mid.epoch_batches(batch_size=256, window=...)`` with ``preserve_order`` on,
+then the uint8 -> float conversion and the MID meta step + Adam, exactly as ``pipeline/stages/mid.py`` does (here in
 the driver instead of a Ray Train worker). In memory: the same uint8 tensors already in this process, a fresh
 permutation per epoch, the same conversion and step. lenet5_classic, second order, 1 torch thread; the store holds
 MNIST images with synthetic views (the cost does not depend on the content). Epochs of the variants are
@@ -26,13 +26,20 @@ BATCH = 256
 
 
 def stream_batches(path: str, shuffle_buffer: int, seed: int, epoch: int):
-    from pipeline.store_datasource import adv_column, read_store
+    """Batches exactly as MID training reads them on Ray: whole store blocks in the planned order through
+    ``pipeline.executors.ray_datasource``, then ``pipeline.stages.mid.epoch_batches`` (a window of
+    ``shuffle_buffer`` rows shuffled per epoch)."""
+    from pipeline.executors.ray_datasource import read_store
+    from pipeline.stages.mid import block_order, epoch_batches
+    from storage_schemas import open_store
 
-    ds = read_store(path).randomize_block_order(seed=seed)
-    for batch in ds.iter_torch_batches(batch_size=BATCH, drop_last=True,
-                                       local_shuffle_buffer_size=shuffle_buffer or None,
-                                       local_shuffle_seed=seed + epoch * 7919):
-        yield batch["clean"], batch["label"].long(), {a: batch[adv_column(a)] for a in C.ATTACKS}
+    order = block_order(open_store(path).num_blocks, seed)
+    blocks = ({k: np.array(v) for k, v in b.items()}
+              for b in read_store(path, order).iter_batches(batch_size=None, batch_format="numpy"))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919)
+    for batch in epoch_batches(blocks, BATCH, max(shuffle_buffer, BATCH), generator):
+        yield (torch.from_numpy(batch["clean"]), torch.from_numpy(batch["label"]).long(),
+               {a: torch.from_numpy(batch[f"adv_{a}"]) for a in C.ATTACKS})
 
 
 def memory_batches(data: dict[str, torch.Tensor], seed: int, epoch: int):
@@ -122,7 +129,7 @@ def main() -> None:
         store = open_store(stores[256], require_complete=True)
         mem = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in store.read_rows(0, store.num_rows).items()}
         ray_start = C.start_ray(num_cpus=4, default_niceness=args.ray_default_niceness)
-        ray.data.DataContext.get_current().execution_options.preserve_order = True  # as train_mid.py
+        ray.data.DataContext.get_current().execution_options.preserve_order = True  # as the Ray executor
         print(f"ray.init: {ray_start:.1f}s ({C.ray_worker_env_note(args.ray_default_niceness)}); store {rows} rows, "
               f"{store.num_rows * (1 + len(C.ATTACKS)) * 784 / 2**20:.0f} MiB of images", flush=True)
 

@@ -1,14 +1,7 @@
-"""Stage 4 job: robust accuracy per attack under the paper / whitebox / transfer protocols.
-
-    ray job submit --working-dir . -- python jobs/evaluate.py --config configs/digits_lenet.yaml
-"""
+"""`ray job submit -- python jobs/evaluate.py --config C [--set k=v ...]`: the same as `mid evaluate` (see pipeline/cli.py)."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline import evaluate  # noqa: E402
-from pipeline.cli import main  # noqa: E402
+from pipeline.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(__doc__, lambda cfg, args: evaluate.run(cfg)))
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -20,10 +20,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from mid_core.max_pool import MaxPool2x2
-from mid_core.single_channel_conv import SingleChannelConv2d, SingleChannelConvTranspose2d
-from mid_core.upsample import Upsample2x
-
 
 class LeNetEncoder(nn.Module):
     """LeNet-5 style convolutional encoder.
@@ -33,19 +29,19 @@ class LeNetEncoder(nn.Module):
 
     Each block is conv -> max-pool -> ReLU: the same function as conv -> ReLU -> max-pool (max commutes with
     the monotone ReLU), with the ReLU on a 4x smaller map, which matters in the meta step's double backward.
-    The first convolution is a ``SingleChannelConv2d`` (an ``nn.Conv2d`` with a faster exact CPU path for
-    1-channel images); the pools are ``MaxPool2x2`` (an ``nn.MaxPool2d(2)`` with a faster exact CPU path). Parameter names (``features.0``, ``features.3``) are those of every earlier checkpoint.
+    Plain ``torch.nn`` layers; parameter names (``features.0``, ``features.3``) are those of every checkpoint.
+    ``mid_core.kernels.use_cpu_kernels`` swaps in faster exact CPU paths for some of them.
     """
 
     def __init__(self, in_channels: int = 1, widths: tuple[int, int] = (32, 64)) -> None:
         super().__init__()
         c1, c2 = widths
         self.features = nn.Sequential(
-            SingleChannelConv2d(in_channels, c1, kernel_size=5),
-            MaxPool2x2(),
+            nn.Conv2d(in_channels, c1, kernel_size=5),
+            nn.MaxPool2d(2),
             nn.ReLU(),
             nn.Conv2d(c1, c2, kernel_size=5),
-            MaxPool2x2(),
+            nn.MaxPool2d(2),
             nn.ReLU(),
         )
 
@@ -74,19 +70,20 @@ class LeNetDecoder(nn.Module):
     """Decoder D, the mirror image of ``LeNetEncoder`` (paper Fig. 6: fully symmetric for LeNet-5).
 
     Maps ``(N, c2, 4, 4)`` back to ``(N, out_channels, 28, 28)`` in [0, 1]. The paper ends with tanh; we
-    use a sigmoid (= tanh rescaled to [0, 1]) because our images live in [0, 1]. The last layer is a
-    ``SingleChannelConvTranspose2d`` (an ``nn.ConvTranspose2d`` with a faster exact CPU path into 1-channel images).
+    use a sigmoid (= tanh rescaled to [0, 1]) because our images live in [0, 1]. Plain ``torch.nn`` layers
+    (parameters ``net.1``, ``net.4``); ``mid_core.kernels.use_cpu_kernels`` swaps in a faster exact CPU path for
+    the last one.
     """
 
     def __init__(self, out_channels: int = 1, widths: tuple[int, int] = (32, 64)) -> None:
         super().__init__()
         c1, c2 = widths
         self.net = nn.Sequential(
-            Upsample2x(),
+            nn.Upsample(scale_factor=2, mode="nearest"),
             nn.ConvTranspose2d(c2, c1, kernel_size=5),
             nn.ReLU(),
-            Upsample2x(),
-            SingleChannelConvTranspose2d(c1, out_channels, kernel_size=5),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.ConvTranspose2d(c1, out_channels, kernel_size=5),
             nn.Sigmoid(),
         )
 

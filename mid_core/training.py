@@ -39,10 +39,12 @@ def teacher_epoch(
     optimizer: torch.optim.Optimizer,
     recon_loss: str = "bce",
     recon_weight: float = 1.0,
+    average_gradients: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, float]:
-    """One epoch of CE + ``recon_weight`` * reconstruction. ``teacher`` may be DDP-wrapped.
+    """One epoch of CE + ``recon_weight`` * reconstruction.
 
-    Returns mean loss terms and training accuracy over the epoch.
+    ``average_gradients(teacher)``, when given, runs between backward and the optimizer step (several workers
+    average their gradients there). Returns mean loss terms and training accuracy over the epoch.
     """
     teacher.train()
     totals = {"ce": 0.0, "recon": 0.0, "correct": 0.0, "n": 0}
@@ -53,6 +55,8 @@ def teacher_epoch(
         loss = ce + recon_weight * rec
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if average_gradients is not None:
+            average_gradients(teacher)
         optimizer.step()
         n = labels.shape[0]
         totals["ce"] += ce.item() * n
@@ -99,23 +103,24 @@ def classifier_epoch(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    attacked_model: nn.Module | None = None,
+    average_gradients: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, float]:
     """One epoch of cross-entropy training of an images -> logits model.
 
-    With ``attack``, each clean batch is first replaced by ``attack(attacked_model or model, images, labels)``
-    (the images to train on, same shape) before the step: see ``adversarial_epoch``.
+    With ``attack``, each clean batch is first replaced by ``attack(model, images, labels)`` (the images to train
+    on, same shape) before the step: see ``adversarial_epoch``. ``average_gradients`` as in ``teacher_epoch``.
     """
-    target = attacked_model if attacked_model is not None else model
     loss_sum, correct, count = 0.0, 0.0, 0
     for images, labels in batches:
         if attack is not None:
-            images = attack(target, images, labels).detach()
+            images = attack(model, images, labels).detach()
         model.train()
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if average_gradients is not None:
+            average_gradients(model)
         optimizer.step()
         loss_sum += loss.item() * labels.shape[0]
         correct += float((logits.argmax(1) == labels).sum())
@@ -129,15 +134,14 @@ def adversarial_epoch(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
-    attacked_model: nn.Module | None = None,
+    average_gradients: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, float]:
     """One epoch of Madry et al. adversarial training: each clean batch is replaced by ``attack(model, x, y)``
     (e.g. PGD with a random start against the current weights) and the model takes a cross-entropy step on it.
 
-    ``attacked_model`` is the unwrapped module the attack differentiates (``model`` may be DDP-wrapped; the
-    attack must not go through DDP's gradient hooks). Returns mean CE and accuracy on the adversarial batches.
+    Returns mean CE and accuracy on the adversarial batches.
     """
-    metrics = classifier_epoch(model, batches, optimizer, attack, attacked_model)
+    metrics = classifier_epoch(model, batches, optimizer, attack, average_gradients)
     return {"adv_ce": metrics["ce"], "adv_train_accuracy": metrics["train_accuracy"]}
 
 

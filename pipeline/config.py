@@ -419,8 +419,14 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
     if path.resolve() in chain:
         raise ConfigError(f"config {path} includes itself through 'base:' ({' -> '.join(str(c) for c in chain)})")
-    with path.open() as fh:
-        raw = yaml.safe_load(fh) or {}
+    try:
+        with path.open() as fh:
+            raw = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where} ({getattr(exc, 'problem', None) or exc}); "
+                          "fix the YAML syntax") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)

@@ -1,9 +1,9 @@
 """Copy an experiment's evaluated models into the committed zoo (``models/<experiment>/``) with a Markdown summary.
 
-    python -m pipeline.model_zoo --config configs/mnist_classic.yaml            # every evaluated model
-    python -m pipeline.model_zoo --config configs/mnist_classic.yaml --models mid at
-    python -m pipeline.model_zoo --config configs/mnist_classic.yaml --results runs/a/evaluation/results.json runs/b/...
-    python -m pipeline.model_zoo --config configs/mnist_classic.yaml --set output_dir=runs/other --dest /tmp/zoo
+    mid zoo --config configs/<x>.yaml                     # every evaluated model
+    mid zoo --config configs/<x>.yaml --models mid at
+    mid zoo --config configs/<x>.yaml --results runs/a/evaluation/results.json runs/b/...
+    mid zoo --config configs/<x>.yaml --set output_dir=runs/other --dest /tmp/zoo
 
 Each model is a weights-only checkpoint (with its config and training metrics inside) that
 ``mid_core.load_robust_model(path)`` loads as an images -> logits module. ``models/<experiment>/README.md``
@@ -16,12 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli import parser
-from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.config import ExperimentConfig
+from pipeline.errors import MissingInputError, UserError
 from pipeline.paths import ExperimentPaths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,14 +40,14 @@ def merge_results(paths: list[Path]) -> dict[str, Any]:
     sizes: set[tuple[int, int]] = set()
     for path in paths:
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: run jobs/evaluate.py --config <this config> (with that "
+            raise MissingInputError(f"{path} does not exist: run mid evaluate --config <this config> (with that "
                                     "output_dir) first")
         results = json.loads(path.read_text())
         sizes.add((results["test_images"], results["slow_attack_images"]))
         for row in results["rows"]:
             merged[(row["protocol"], row["model"])] = row
     if len(sizes) > 1:
-        raise ValueError(f"results files disagree on (test images, slow-attack images): {sorted(sizes)}; "
+        raise UserError(f"results files disagree on (test images, slow-attack images): {sorted(sizes)}; "
                          "evaluate every protocol on the same images before merging")
     test_images, slow_images = sizes.pop()
     return {"rows": list(merged.values()), "test_images": test_images, "slow_attack_images": slow_images}
@@ -69,11 +68,13 @@ def export(cfg: ExperimentConfig, models: list[str], dest: Path, results_paths: 
              "Load any of them with `mid_core.load_robust_model(path)` (float images in [0, 1], shape (N, 1, 28, 28) -> "
              "logits). Accuracies (%) from `evaluation/results.json` of the run: "
              f"{results['test_images']} test images, CW and JSMA on the first {results['slow_attack_images']}.", ""]
-    attacks = ["benign", *cfg.evaluation.attacks, "average", "worst_case"]
+    from mid_core.evaluation import SUMMARY_COLUMNS
+
+    attacks = ["benign", *cfg.evaluation.attacks, *SUMMARY_COLUMNS]
     for model in models:
         src = paths.model(model)
         if not src.exists():
-            raise FileNotFoundError(f"{src} does not exist; train {model!r} first")
+            raise MissingInputError(f"{src} does not exist; train {model!r} first")
         payload = read_checkpoint(src)
         out = dest / f"{model}.pt"
         shutil.copyfile(src, out)
@@ -90,29 +91,3 @@ def export(cfg: ExperimentConfig, models: list[str], dest: Path, results_paths: 
     readme = dest / "README.md"
     readme.write_text("\n".join(lines))
     return readme
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = parser(__doc__.splitlines()[0])  # --config and --set (e.g. --set output_dir=runs/other: models from there)
-    p.add_argument("--models", nargs="*", default=None, help="models to export (default: the config's evaluation.models)")
-    p.add_argument("--dest", default=None, help="destination folder (default: models/<experiment name>)")
-    p.add_argument("--results", nargs="*", default=None, type=Path,
-                   help="results.json files to merge (later ones win per protocol and model); default: the run's own")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        readme = export(cfg, args.models or list(cfg.evaluation.models), Path(args.dest or REPO / "models" / cfg.name),
-                        args.results)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {readme}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,25 +1,36 @@
 """MLflow tracking: one experiment per data set, one run per stage, tagged for side-by-side comparison.
 
-The driver of each job owns its run (create, params, tags, artifacts, end); Ray Train workers log step
-metrics into that run by id through ``MlflowClient`` and only on rank 0.
+The driver of each stage owns its run (params, tags, artifacts); training workers log step metrics into that run
+by id (``RunLogger``, rank 0 only). Where MLflow is not installed (a bare machine running the single-process
+executor) the same calls go to a run that records nothing, and every output still lands under ``output_dir``.
 
-Failure policy: the tracking store is checked when a job starts (``check_tracking``); if it cannot be
-reached the job fails at once with a message, before any compute is spent.
+Failure policy: the tracking store is checked when a stage starts (``check_tracking``); if it cannot be reached
+the stage fails at once with a message, before any compute is spent.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from pipeline.config import ExperimentConfig
+from pipeline.errors import UserError
 from pipeline.paths import ExperimentPaths
 
+log = logging.getLogger(__name__)
 
-class TrackingUnavailable(RuntimeError):
+
+class TrackingUnavailable(UserError):
     """The MLflow tracking store cannot be reached."""
+
+
+def mlflow_available() -> bool:
+    return importlib.util.find_spec("mlflow") is not None
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -33,6 +44,19 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _use_tracking_uri(uri: str) -> None:
+    """Point MLflow's fluent API at ``uri`` without changing ``$MLFLOW_TRACKING_URI`` (MLflow's
+    ``set_tracking_uri`` exports it, which would send every later experiment of this process to this store)."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def check_tracking(cfg: ExperimentConfig) -> str:
     """Make sure the experiment exists and the store answers; returns the experiment id."""
     import mlflow
@@ -42,10 +66,14 @@ def check_tracking(cfg: ExperimentConfig) -> str:
         _check_server(uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
+    _use_tracking_uri(uri)
     try:
         exp = mlflow.get_experiment_by_name(cfg.experiment_name())
-        return exp.experiment_id if exp else mlflow.create_experiment(cfg.experiment_name())
+        if exp:
+            return exp.experiment_id
+        # with the default SQLite store, artifacts live with the experiment too (not in ./mlruns of the caller)
+        location = (cfg.out / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:///") else None
+        return mlflow.create_experiment(cfg.experiment_name(), artifact_location=location)
     except Exception as exc:  # MLflow raises many types for an unreachable server
         raise TrackingUnavailable(
             f"MLflow tracking store {uri!r} is not reachable ({type(exc).__name__}: {str(exc)[:200]}). Start the server, "
@@ -87,11 +115,40 @@ def _save_run_id(cfg: ExperimentConfig, stage: str, run_id: str) -> None:
 PARENT_STAGE = {"pool": "teacher", "mid": "pool", "evaluate": "mid"}
 
 
+class StageRun:
+    """The MLflow run of one stage (``run_id`` None and every call a no-op where MLflow is not installed)."""
+
+    def __init__(self, run_id: str | None, tracking_uri: str | None) -> None:
+        self.run_id, self.tracking_uri = run_id, tracking_uri
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.run_id is not None and metrics:
+            import mlflow
+
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: str | Path, folder: str) -> None:
+        if self.run_id is not None:
+            import mlflow
+
+            mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.run_id is not None:
+            import mlflow
+
+            mlflow.set_tag(key, value)
+
+
 @contextmanager
 def stage_run(cfg: ExperimentConfig, stage: str, method: str, extra_tags: Mapping[str, str] | None = None,
-              key: str | None = None) -> Iterator[Any]:
+              key: str | None = None) -> Iterator[StageRun]:
     """Open the MLflow run of one stage: named ``<config>/<key>`` (key defaults to the stage; a MID variant's
     name for ablations), tagged, with the config as params; its id is recorded under ``key``."""
+    if not mlflow_available():
+        log.info("%s: MLflow is not installed; nothing is tracked (outputs are under %s)", stage, cfg.output_dir)
+        yield StageRun(None, None)
+        return
     import mlflow
 
     experiment_id = check_tracking(cfg)
@@ -102,17 +159,16 @@ def stage_run(cfg: ExperimentConfig, stage: str, method: str, extra_tags: Mappin
         **dict(extra_tags or {}),
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{cfg.name}/{key or stage}", tags=tags) as run:
-        params = {k: str(v)[:500] for k, v in _flatten(cfg.to_dict()).items()}
-        mlflow.log_params(params)
+        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg.to_dict()).items()})
         _save_run_id(cfg, key or stage, run.info.run_id)
-        yield run
+        yield StageRun(run.info.run_id, cfg.tracking_uri())
 
 
 class RunLogger:
-    """Logs metrics into an existing run by id (used inside Ray Train workers; rank 0 only)."""
+    """Logs metrics into an existing run by id (inside training workers; rank 0 only; no-op without a run)."""
 
-    def __init__(self, tracking_uri: str, run_id: str | None, enabled: bool = True) -> None:
-        self.enabled = enabled and run_id is not None
+    def __init__(self, tracking_uri: str | None, run_id: str | None, enabled: bool = True) -> None:
+        self.enabled = enabled and run_id is not None and tracking_uri is not None
         self.run_id = run_id
         if self.enabled:
             from mlflow.tracking import MlflowClient
@@ -122,8 +178,6 @@ class RunLogger:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         if not self.enabled:
             return
-        import time
-
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)

@@ -7,25 +7,20 @@ Loads a zoo or run checkpoint with ``mid_core.load_robust_model``, takes the fir
 the stages of ``mid_core.square_probe`` (clean, AutoAttack's gradient attacks, its standard Square, a strong
 Square), printing each stage as it ends and, as the last line, one JSON object with every figure. ``--out`` also
 writes that object to a file. On the 2-core CPU machine, 1,000 MNIST images of a 60%-robust classic LeNet took
-~33 minutes at 1 thread with 20,000 queries x 2 restarts (docs/results.md, "Session 10").
+~33 minutes at 1 thread with 20,000 queries x 2 restarts.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from any directory
-    sys.path.insert(0, str(REPO))
-
-from mid_core.checkpoint import load_robust_model  # noqa: E402
-from mid_core.datasets import load_dataset  # noqa: E402
-from mid_core.square_probe import square_probe  # noqa: E402
+from mid_core.checkpoint import load_robust_model
+from mid_core.datasets import load_dataset
+from mid_core.square_probe import square_probe
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .adversarial_store import StoreError, open_store
+from .api import open_store
+from .errors import StoreError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m storage_schemas.inspect", description="Summarise an adversarial store (Zarr v3 pool)."
     )
-    parser.add_argument("store", help="path of the store (the pool's root folder)")
+    parser.add_argument("store", help="path or URL of the store (the pool's root folder)")
     parser.add_argument("--verify", action="store_true", help="read every completed block and check checksums")
     parser.add_argument("--json", action="store_true", help="print attributes and progress as JSON")
     args = parser.parse_args(argv)

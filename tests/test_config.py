@@ -53,7 +53,7 @@ def test_negative_loss_weight_rejected():
 def test_unknown_kl_reduction_rejected_and_known_one_reaches_the_meta_step():
     with pytest.raises(ConfigError, match="mid.kl_reduction must be 'batchmean'.*got 'mean'"):
         config_from_dict({"mid": {"kl_reduction": "mean"}})
-    from pipeline.train_mid import meta_config
+    from pipeline.stages.mid import meta_config
 
     assert meta_config(config_from_dict({"mid": {"kl_reduction": "elementmean"}})).kl_reduction == "elementmean"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import ConfigError, config_from_dict
-from pipeline.ray_runtime import train_scaling, worker_device
+from pipeline.executors.ray_runtime import train_scaling, worker_device
 
 
 def test_gpu_workers_request_one_gpu_each_and_use_nccl():

@@ -11,6 +11,7 @@ from mid_core import load_robust_model
 from mid_core.checkpoint import save_checkpoint
 from mid_core.models import StandardClassifier
 from pipeline.config import config_from_dict
+from pipeline.errors import MissingInputError, UserError
 from pipeline.model_zoo import export
 
 
@@ -27,7 +28,8 @@ def _run(tmp_path):
 
 def test_export_copies_the_checkpoint_and_writes_its_accuracies(tmp_path):
     cfg, model = _run(tmp_path)
-    row = {"protocol": "whitebox", "model": "at", "benign": 0.9876, "PGD_N": 0.5, "average": 0.74, "worst_case": 0.5}
+    row = {"protocol": "whitebox", "model": "at", "benign": 0.9876, "PGD_N": 0.5, "mean_attacks": 0.5, "mean_with_benign": 0.7438,
+           "worst_case": 0.5}
     (tmp_path / "run" / "evaluation").mkdir()
     (tmp_path / "run" / "evaluation" / "results.json").write_text(
         json.dumps({"rows": [row], "test_images": 10000, "slow_attack_images": 100}))
@@ -35,12 +37,12 @@ def test_export_copies_the_checkpoint_and_writes_its_accuracies(tmp_path):
     x = torch.rand(2, 1, 28, 28)
     assert torch.allclose(load_robust_model(tmp_path / "zoo" / "at.pt")(x), model.eval()(x))
     text = readme.read_text()
-    assert "| whitebox | 98.76 | 50.00 | 74.00 | 50.00 |" in text and "seed 3000" in text
+    assert "| whitebox | 98.76 | 50.00 | 50.00 | 74.38 | 50.00 |" in text and "seed 3000" in text
 
 
 def test_export_refuses_an_unevaluated_run(tmp_path):
     cfg, _ = _run(tmp_path)
-    with pytest.raises(FileNotFoundError, match="evaluate.py"):
+    with pytest.raises(MissingInputError, match="mid evaluate"):
         export(cfg, ["at"], tmp_path / "zoo")
 
 
@@ -48,12 +50,13 @@ def test_export_marks_attacks_a_row_did_not_run(tmp_path):
     """A white-box row evaluated on fewer attacks than the config lists gets '-' cells, not a crash."""
     cfg, _ = _run(tmp_path)
     cfg = config_from_dict({**cfg.to_dict(), "evaluation": {**cfg.to_dict()["evaluation"], "attacks": ["PGD_N", "AA_N"]}})
-    row = {"protocol": "whitebox", "model": "at", "benign": 0.9876, "PGD_N": 0.5, "average": 0.74, "worst_case": 0.5}
+    row = {"protocol": "whitebox", "model": "at", "benign": 0.9876, "PGD_N": 0.5, "mean_attacks": 0.5, "mean_with_benign": 0.7438,
+           "worst_case": 0.5}
     (tmp_path / "run" / "evaluation").mkdir()
     (tmp_path / "run" / "evaluation" / "results.json").write_text(
         json.dumps({"rows": [row], "test_images": 10000, "slow_attack_images": 100}))
     text = export(cfg, ["at"], tmp_path / "zoo").read_text()
-    assert "| whitebox | 98.76 | 50.00 | - | 74.00 | 50.00 |" in text
+    assert "| whitebox | 98.76 | 50.00 | - | 50.00 | 74.38 | 50.00 |" in text
 
 
 def _results(path, rows, test_images=10000):
@@ -80,13 +83,13 @@ def test_merging_results_of_different_test_sets_is_refused(tmp_path):
     row = {"protocol": "paper", "model": "at", "benign": 0.9}
     first = _results(tmp_path / "a" / "results.json", [row])
     second = _results(tmp_path / "b" / "results.json", [row], test_images=1000)
-    with pytest.raises(ValueError, match="disagree on"):
+    with pytest.raises(UserError, match="disagree on"):
         export(cfg, ["at"], tmp_path / "zoo", [first, second])
 
 
 def test_command_line_reads_models_from_an_overridden_output_dir(tmp_path, monkeypatch, capsys):
     """``--set output_dir=...`` points the exporter at another run folder (e.g. one made for a single evaluation)."""
-    from pipeline.model_zoo import main
+    from pipeline.cli import main
 
     cfg, _ = _run(tmp_path)
     results = _results(tmp_path / "run" / "evaluation" / "results.json",
@@ -94,9 +97,9 @@ def test_command_line_reads_models_from_an_overridden_output_dir(tmp_path, monke
     config = tmp_path / "zoo.yaml"  # the same experiment, written with an output_dir that holds no models
     config.write_text(yaml.safe_dump({**cfg.to_dict(), "output_dir": "/nonexistent/elsewhere"}))
     monkeypatch.chdir(tmp_path)
-    assert main(["--config", str(config), "--models", "at", "--dest", str(tmp_path / "zoo"),
+    assert main(["zoo", "--config", str(config), "--models", "at", "--dest", str(tmp_path / "zoo"),
                  "--results", str(results)]) == 2
     assert "/nonexistent/elsewhere/models/at.pt does not exist" in capsys.readouterr().err
-    assert main(["--config", str(config), "--set", f"output_dir={tmp_path / 'run'}", "--models", "at",
+    assert main(["zoo", "--config", str(config), "--set", f"output_dir={tmp_path / 'run'}", "--models", "at",
                  "--dest", str(tmp_path / "zoo"), "--results", str(results)]) == 0
     assert "| whitebox | 50.00 | 25.00 |" in (tmp_path / "zoo" / "README.md").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import config_from_dict
-from pipeline.train_teacher import models_to_train
+from pipeline.stages.common import models_to_train
 
 
 def _roles(protocols: list[str], models: list[str], source: str = "teacher") -> list[str]:

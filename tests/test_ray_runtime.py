@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from pipeline.ray_runtime import PLACEMENT_GROUP_CLEANER_LOGGER, local_ray_kwargs
+from pipeline.executors.ray_runtime import PLACEMENT_GROUP_CLEANER_LOGGER, local_ray_kwargs
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.generation import store_block_size
+from pipeline.stages.pool import store_block_size
 from storage_schemas import create_store
 
 
@@ -15,7 +15,7 @@ from storage_schemas import create_store
     (50, 1024, 1, 1024),      # one actor: nothing to split
 ])
 def test_new_store_gives_every_actor_a_block(tmp_path, rows, block, actors, expected):
-    got = store_block_size(tmp_path / "new.zarr", rows, block, actors)
+    got = store_block_size(str(tmp_path / "new.zarr"), rows, block, actors)
     assert got == expected
     assert -(-rows // got) >= min(actors, rows)
 
@@ -26,4 +26,4 @@ def test_existing_store_keeps_its_block_size(tmp_path):
                  attacks={"PGD_N": {"library": "advertorch", "class": "LinfPGDAttack", "eps": 0.3, "steps": 40,
                                     "targeted": False}},
                  source_fingerprint="f" * 64, source_arch="lenet", seed=0, block_size=1024)
-    assert store_block_size(path, 50, 1024, 2) == 1024  # made before the split rule: resumed unchanged
+    assert store_block_size(str(path), 50, 1024, 2) == 1024  # made before the split rule: resumed unchanged

@@ -32,7 +32,22 @@ def test_stage_run_records_tags_and_parent(tmp_path):
         pass
     with stage_run(cfg, "mid", method="mid") as mid_run:
         pass
-    run = MlflowClient(cfg.tracking_uri()).get_run(mid_run.info.run_id)
-    assert run.data.tags["parent_run"] == pool_run.info.run_id
+    run = MlflowClient(cfg.tracking_uri()).get_run(mid_run.run_id)
+    assert run.data.tags["parent_run"] == pool_run.run_id
     assert run.data.tags["dataset"] == "digits" and run.data.tags["stage"] == "mid"
     assert run.data.params["mid.epochs"] == str(cfg.mid.epochs)
+
+
+def test_each_experiment_tracks_into_its_own_store_within_one_process(tmp_path):
+    """A stage of a second experiment in the same process (a notebook, the test suite) must not log into the first
+    experiment's default store."""
+    from mlflow.tracking import MlflowClient
+
+    first = config_from_dict({"name": "a", "output_dir": str(tmp_path / "a")})
+    second = config_from_dict({"name": "b", "output_dir": str(tmp_path / "b")})
+    with stage_run(first, "pool", method="pool"):
+        pass
+    with stage_run(second, "pool", method="pool") as run:
+        pass
+    assert second.tracking_uri() != first.tracking_uri()
+    assert MlflowClient(second.tracking_uri()).get_run(run.run_id).info.run_name == "b/pool"

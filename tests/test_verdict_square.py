@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 from pipeline.config import ConfigError, load_config
-from pipeline.evaluate import whitebox_verdict, write_tables
+from pipeline.stages.evaluate import whitebox_verdict
+from pipeline.stages.tables import write_tables
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_test.yaml"
@@ -37,7 +38,7 @@ def test_table_shows_the_square_column(tmp_path):
     verdict = {"clean": 1.0, "autoattack": None, "pgd_restarts": 0.5, "pgd_steps": 3, "pgd_step_size": 0.01,
                "restarts": 1, "per_sample_worst_case": 0.5, "images": 24, "square_queries": 3000,
                "square_restarts": 1, "worst_case_with_square": 0.25}
-    row = {"protocol": "whitebox", "model": "m", "benign": 1.0, "PGD_N": 0.5, "average": 0.75, "worst_case": 0.5,
+    row = {"protocol": "whitebox", "model": "m", "benign": 1.0, "PGD_N": 0.5, "mean_attacks": 0.5, "mean_with_benign": 0.75, "worst_case": 0.5,
            "verdict": verdict}
     md = write_tables(cfg, [row], tmp_path, 24)["md"].read_text()
     assert "then Square (3000 queries, 1 restart(s))" in md
