@@ -1,4 +1,4 @@
-"""Benchmarks of the MID pipeline (issue 4): each is ``python -m bench.<name> [--quick]``.
+"""Benchmarks of the MID pipeline: each is ``python -m bench.<name> [--quick]``.
 
 Every benchmark prints its figures and, as its last line, one JSON object with the measured figures, the
 ratio, the goal and whether it is met. Results and the exact commands are in ``docs/benchmarks.md``.

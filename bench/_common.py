@@ -1,10 +1,13 @@
-"""Shared helpers of the benchmarks: interleaved timing, the JSON last line, resident memory, test fixtures.
+"""Shared helpers of the benchmarks: the JSON last line, interleaved timing, memory and CPU of a process tree.
 
-Timing on a shared machine: other work may run while a benchmark runs, so every comparison is measured
-side by side in one process (or one Ray session): the variants are *interleaved* (A B C, B C A, C A B, ...)
-and each figure is the median over repeats; ratios are taken between those medians. ``time.process_time``
-is recorded next to the wall clock for in-process variants (CPU seconds of this process, which waiting for a
-CPU does not inflate).
+Timing on a shared machine: other work may run while a benchmark runs, so every comparison is measured side by
+side in one process: ``interleave`` runs the variants in rotating order (A B C, B C A, ...), each round
+one ``torch.utils.benchmark.Timer.blocked_autorange`` per variant, and reports each variant's median and
+interquartile range over all rounds; ratios are taken between medians. The CPU seconds of this process (psutil)
+are recorded next to the wall clock: waiting for a CPU does not inflate them.
+
+Memory and CPU of other processes (Ray workers and actors are descendants of the driver) come from psutil; peaks
+are the largest of periodic samples.
 """
 from __future__ import annotations
 
@@ -18,8 +21,11 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = str(Path(os.environ.get("MID_DATA_ROOT") or (REPO.parent / "shared" / "data")))
@@ -31,6 +37,7 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 ATTACKS = ["PGD_N", "PGD_T", "MIM_N", "MIM_T"]
 TARGETED = {"PGD_T", "MIM_T"}
+MIB = 2**20
 
 
 # ------------------------------------------------------------------------------------------ CLI / output
@@ -55,18 +62,11 @@ def banner(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    mem_kib = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    except OSError:
-        pass
     import torch
 
-    return {"cpus": os.cpu_count(), "mem_gib": round(mem_kib / 2**20, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "gpu": bool(torch.cuda.is_available()),
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    return {"cpus": psutil.cpu_count(), "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "gpu": bool(torch.cuda.is_available()),
+            "loadavg_start": [round(x, 2) for x in psutil.getloadavg()]}
 
 
 def goal(value: float | None, op: str, target: float) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def goal(value: float | None, op: str, target: float) -> dict[str, Any]:
 def emit(payload: Mapping[str, Any]) -> None:
     """Print the one-line JSON result; it must be the last line the benchmark prints."""
     payload = dict(payload)
-    payload["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    payload["loadavg_end"] = [round(x, 2) for x in psutil.getloadavg()]
     sys.stdout.flush()
     sys.stderr.flush()
     print(json.dumps(_jsonable(payload), sort_keys=False), flush=True)
@@ -106,32 +106,59 @@ def median(xs: Iterable[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
-def interleave(variants: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1,
-               on_round: Callable[[int], None] | None = None) -> dict[str, dict[str, list[float]]]:
-    """Run every variant ``rounds`` times, interleaved with a rotating order; returns wall / cpu seconds.
+@dataclass(frozen=True)
+class Timing:
+    """One variant's timings over all rounds: seconds per call (median, interquartile range, every sample) from
+    ``torch.utils.benchmark``, and this process's CPU seconds per call (psutil; warm-up calls included)."""
 
-    ``warmup`` untimed rounds first. Round r runs the variants starting at index r (A B C, B C A, ...), so no
-    variant always runs right after another one.
+    median: float
+    iqr: float
+    times: tuple[float, ...]
+    cpu_per_call: float
+    calls: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_seconds": self.median, "iqr_seconds": self.iqr, "cpu_seconds_per_call": self.cpu_per_call,
+                "samples": len(self.times), "calls": self.calls}
+
+
+def interleave(variants: Mapping[str, Callable[[], Any]], rounds: int, min_run_time: float = 0.0,
+                     threads: int | None = None) -> dict[str, Timing]:
+    """Time every variant ``rounds`` times, interleaved with a rotating order (A B C, B C A, ...).
+
+    Each round runs ``Timer(...).blocked_autorange(min_run_time)`` per variant; its first call is an untimed
+    warm-up, so ``min_run_time=0`` gives one warm-up and one timed call per round (right for calls of a second or
+    more). ``threads``: torch threads during the measurement (default: the current setting).
     """
+    import torch
+    from torch.utils.benchmark import Measurement, Timer
+
+    threads = threads or torch.get_num_threads()
     names = list(variants)
-    for _ in range(warmup):
-        for n in names:
-            variants[n]()
-    out = {n: {"wall": [], "cpu": []} for n in names}
+    me = psutil.Process()
+    calls = {n: 0 for n in names}
+    cpu = {n: 0.0 for n in names}
+    measured: dict[str, list[Measurement]] = {n: [] for n in names}
+
+    def counted(name: str) -> Callable[[], None]:
+        fn = variants[name]
+
+        def call() -> None:
+            calls[name] += 1
+            fn()
+        return call
+
+    timers = {n: Timer(stmt="call()", globals={"call": counted(n)}, num_threads=threads, label=n) for n in names}
     for r in range(rounds):
-        if on_round:
-            on_round(r)
-        order = names[r % len(names):] + names[:r % len(names)]
-        for n in order:
-            c0, t0 = time.process_time(), time.perf_counter()
-            variants[n]()
-            out[n]["wall"].append(time.perf_counter() - t0)
-            out[n]["cpu"].append(time.process_time() - c0)
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            c0 = sum(me.cpu_times()[:2])
+            measured[n].append(timers[n].blocked_autorange(min_run_time=min_run_time))
+            cpu[n] += sum(me.cpu_times()[:2]) - c0
+    out = {}
+    for n in names:
+        merged = Measurement.merge(measured[n])[0]
+        out[n] = Timing(merged.median, merged.iqr, tuple(merged.times), cpu[n] / max(calls[n], 1), calls[n])
     return out
-
-
-def med(timings: Mapping[str, Mapping[str, list[float]]], key: str = "wall") -> dict[str, float]:
-    return {n: median(t[key]) for n, t in timings.items()}
 
 
 # ------------------------------------------------------------------------------------------ CPU levers
@@ -148,74 +175,110 @@ def malloc_keep_heap() -> bool:
         return False
 
 
-# ------------------------------------------------------------------------------------------ memory
+# ------------------------------------------------------------------------------------------ memory, CPU
 
 
-def _status(pid: int | str = "self") -> dict[str, int]:
-    """Fields of /proc/<pid>/status in KiB (VmRSS, VmHWM, RssAnon, RssShmem, ...)."""
-    out: dict[str, int] = {}
+def _process(pid: int | None) -> psutil.Process:
+    return psutil.Process(pid) if pid is not None else psutil.Process()
+
+
+def _memory_mib(pid: int | None = None) -> tuple[float, float]:
+    """(resident, private resident) MiB of a process; private = resident minus shared pages (file-backed and
+    shared memory, e.g. Ray's object store); (0, 0) for a process that is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            k, _, v = line.partition(":")
-            parts = v.split()
-            if len(parts) == 2 and parts[1] == "kB":
-                out[k] = int(parts[0])
-    except OSError:
-        pass
-    return out
+        m = _process(pid).memory_info()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0.0, 0.0
+    return m.rss / MIB, (m.rss - getattr(m, "shared", 0)) / MIB
 
 
-def rss_mib(pid: int | str = "self") -> float:
-    return _status(pid).get("VmRSS", 0) / 1024
+def _status(pid: int | None = None) -> dict[str, int]:
+    """``{"VmRSS": KiB, "RssAnon": KiB}`` of a process (the names of Linux's /proc status), from psutil."""
+    rss, anon = _memory_mib(pid)
+    return {"VmRSS": int(rss * 1024), "RssAnon": int(anon * 1024)}
 
 
-def peak_rss_mib(pid: int | str = "self") -> float:
-    """VmHWM: the process's peak resident set since start (or the last ``reset_peak_rss``)."""
-    return _status(pid).get("VmHWM", 0) / 1024
+def rss_mib(pid: int | None = None) -> float:
+    """Resident MiB of a process (default: this one)."""
+    return _memory_mib(pid)[0]
+
+
+def anon_rss_mib(pid: int | None = None) -> float:
+    """Private resident MiB of a process (default: this one): resident minus shared pages."""
+    return _memory_mib(pid)[1]
+
+
+class _PeakTracker:
+    """This process's largest sampled RSS since the last ``reset``, sampled every 20 ms on a daemon thread."""
+
+    interval = 0.02
+
+    def __init__(self) -> None:
+        self.peak = 0.0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> float:
+        rss = rss_mib()
+        with self._lock:
+            self.peak = max(self.peak, rss)
+            return self.peak
+
+    def reset(self) -> None:
+        with self._lock:
+            self.peak = 0.0
+        self.sample()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.sample()
+            time.sleep(self.interval)
+
+
+_PEAK = _PeakTracker()
 
 
 def reset_peak_rss() -> bool:
-    """Reset this process's VmHWM (Linux: write 5 to /proc/self/clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+    """Start (or restart) tracking this process's peak RSS for ``peak_rss_mib``; returns True."""
+    _PEAK.reset()
+    return True
 
 
-def children_peak_rss_mib() -> float:
-    """Largest peak RSS of any waited-for child process (``getrusage(RUSAGE_CHILDREN)``)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def peak_rss_mib() -> float:
+    """This process's largest RSS (MiB) sampled since ``reset_peak_rss`` (sampling every 20 ms)."""
+    if _PEAK._thread is None:
+        reset_peak_rss()
+    return _PEAK.sample()
 
 
 def descendants(root: int) -> list[int]:
     """PIDs of every process below ``root`` (Ray's raylet, workers and actors are below the driver)."""
-    parent: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-                parent[int(d.name)] = int(fields[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
+        return [p.pid for p in psutil.Process(root).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line joined by spaces ("" for a process that is gone)."""
+    try:
+        return " ".join(psutil.Process(pid).cmdline()).strip()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return ""
+
+
+_cmdline = cmdline
+
+
+def parent_pid(pid: int) -> int | None:
+    """A process's parent PID (None for a process that is gone)."""
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.NoSuchProcess:
+        return None
 
 
 class _PeriodicSampler:
@@ -248,10 +311,10 @@ class _PeriodicSampler:
 class RssSampler(_PeriodicSampler):
     """Samples, every ``interval`` s, this process's RSS and every descendant's (Ray workers included).
 
-    Records: ``driver_peak_mib`` (max VmRSS of this process), ``driver_anon_peak_mib`` (max RssAnon: private
-    memory, excluding shared object-store pages), ``worker_peak_mib`` / ``worker_anon_peak_mib`` (largest single
-    descendant and its command), ``tree_anon_peak_mib`` (max over samples of the summed RssAnon of the whole
-    tree; summing VmRSS would count shared memory several times).
+    Records: ``driver_peak_mib`` (max RSS of this process), ``driver_anon_peak_mib`` (max private RSS, excluding
+    shared object-store pages), ``worker_peak_mib`` / ``worker_anon_peak_mib`` (largest single descendant and its
+    command), ``tree_anon_peak_mib`` (max over samples of the summed private RSS of the whole tree; summing RSS
+    would count shared memory several times).
     """
 
     def __init__(self, interval: float = 0.2, watch: Callable[[str], bool] | None = None) -> None:
@@ -264,18 +327,16 @@ class RssSampler(_PeriodicSampler):
         self.seen: dict[int, str] = {}
 
     def _sample(self) -> None:
-        me = _status()
-        self.driver_peak = max(self.driver_peak, me.get("VmRSS", 0) / 1024)
-        anon_sum = me.get("RssAnon", 0) / 1024
-        self.driver_anon_peak = max(self.driver_anon_peak, me.get("RssAnon", 0) / 1024)
+        rss, anon_sum = _memory_mib()
+        self.driver_peak = max(self.driver_peak, rss)
+        self.driver_anon_peak = max(self.driver_anon_peak, anon_sum)
         for pid in descendants(os.getpid()):
-            st = _status(pid)
-            if not st:
+            rss, anon = _memory_mib(pid)
+            if not rss:
                 continue
-            rss, anon = st.get("VmRSS", 0) / 1024, st.get("RssAnon", 0) / 1024
             anon_sum += anon
             if anon > self.worker_anon_peak or pid not in self.seen:
-                self.seen[pid] = _cmdline(pid)[:120]  # Ray renames its workers (ray::...) after start
+                self.seen[pid] = cmdline(pid)[:120]  # Ray renames its workers (ray::...) after start
             if self.watch and not self.watch(self.seen[pid]):
                 continue
             if anon > self.worker_anon_peak:
@@ -291,13 +352,13 @@ class RssSampler(_PeriodicSampler):
                 "samples": self.samples}
 
 
-def cpu_seconds(pid: int | str = "self") -> float:
-    """utime + stime of a process so far (from /proc/<pid>/stat)."""
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process so far (default: this one); NaN for a process that is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+        t = _process(pid).cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return float("nan")
+    return t.user + t.system
 
 
 class CpuTracker(_PeriodicSampler):
@@ -314,8 +375,8 @@ class CpuTracker(_PeriodicSampler):
     def _sample(self) -> None:
         procs = {}
         for pid in descendants(os.getpid()):
-            if pid not in self._known or not self._known[pid]:
-                self._known[pid] = self.match in _cmdline(pid)
+            if not self._known.get(pid):
+                self._known[pid] = self.match in cmdline(pid)
             if self._known[pid]:
                 c = cpu_seconds(pid)
                 if c == c:

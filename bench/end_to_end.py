@@ -7,7 +7,7 @@ the whole process tree (Ray workers and actors included; sampled every 0.2 s, pr
 object-store pages are not counted several times).
 
 ``--quick`` runs ``configs/tiny_test.yaml`` (digits) with fewer epochs and evaluation images. The MNIST figure of
-docs/benchmarks.md (benchmark 6) is ``python -m bench.end_to_end --config configs/mnist_classic.yaml --set
+docs/benchmarks.md (benchmark 6) is ``python -m bench.end_to_end --config configs/mnist_lenet5_classic_20k.yaml --set
 "evaluation.protocols=[paper]" --set "evaluation.models=[teacher,mid]" --set mid.epochs=48`` (~36 min on 2 CPUs).
 """
 from __future__ import annotations

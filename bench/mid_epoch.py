@@ -11,11 +11,13 @@
     epoch generating its four attacks (PGD_N, PGD_T, MIM_N, MIM_T, 40 steps of 0.01, eps 0.3) online every batch
     against the teacher, as the official code does. The online variant runs on the first few batches only
     (interleaved with the stored-pool batches) and is extrapolated per batch to the epoch. Goal >= 8x.
-(c) CPU levers on one batch of 256 (second order, first order, clean step): torch threads 1 vs 2,
-    channels_last, bfloat16 autocast, torch.compile of the student, and (in child processes, since it is
-    process-wide) glibc malloc keeping freed memory instead of mmap/munmap of every large activation.
+(c) CPU levers on one batch of 256 (second order, first order, clean step): torch threads 1 vs 2, the plain
+    ``torch.nn`` models without ``mid_core.kernels.use_cpu_kernels``, channels_last, bfloat16 autocast,
+    torch.compile of the student, and (in child processes, since it is process-wide) glibc malloc keeping freed
+    memory instead of mmap/munmap of every large activation.
 
-The teacher has random weights: the cost of the meta step and of a fixed-step attack does not depend on them.
+The models run with ``use_cpu_kernels`` unless ``--kernels plain``. The teacher has random weights: the cost of the
+meta step and of a fixed-step attack does not depend on them.
 """
 from __future__ import annotations
 
@@ -35,13 +37,22 @@ from bench import _common as C
 BATCH = 256
 
 
-def _models(backbone: str, seed: int) -> tuple[Any, Any, Any]:
+USE_KERNELS = True  # set once by main() from --kernels
+
+
+def _models(backbone: str, seed: int, kernels: bool | None = None) -> tuple[Any, Any, Any]:
+    """(teacher, student, classifier) of ``backbone``; with ``mid_core.kernels.use_cpu_kernels`` when ``kernels``
+    (default: ``--kernels``)."""
+    from mid_core.kernels import use_cpu_kernels
     from mid_core.models import StandardClassifier, Teacher, student_from_teacher
 
     torch.manual_seed(seed)
     teacher = Teacher.from_backbone(backbone).freeze()
     student = student_from_teacher(teacher, "teacher")
     clf = StandardClassifier.from_backbone(backbone)
+    if USE_KERNELS if kernels is None else kernels:
+        for model in (teacher, student, clf):
+            use_cpu_kernels(model)
     return teacher, student, clf
 
 
@@ -173,7 +184,7 @@ def online_vs_store(backbone: str, rows: int, online_batches: int, seed: int, th
     from mid_core.attacks import run_attack
     from mid_core.meta_step import BENIGN
     from mid_core.models import StandardClassifier
-    from pipeline.generation import attack_specs
+    from pipeline.stages.pool import attack_specs
     from storage_schemas import open_store
 
     torch.set_num_threads(threads)
@@ -274,100 +285,32 @@ def _lever_batch(backbone: str, seed: int, n: int = BATCH) -> tuple[dict[str, to
     return _views(clean_u8, adv_u8), labels, clean_u8
 
 
-def _plain_layout(model: Any) -> Any:
-    """A copy of ``model`` whose LeNet encoders use the pre-optimisation layout: ``nn.Conv2d`` for conv1 and
-    conv -> ReLU -> max-pool (the same function and weights as ``mid_core.models.LeNetEncoder``)."""
-    from torch import nn
-
-    from mid_core.models import LeNetEncoder
-
-    model = copy.deepcopy(model)
-    for enc in [m for m in model.modules() if isinstance(m, LeNetEncoder)]:
-        f = enc.features
-        conv1 = nn.Conv2d(f[0].in_channels, f[0].out_channels, f[0].kernel_size)
-        conv1.load_state_dict(f[0].state_dict())
-        conv1.requires_grad_(f[0].weight.requires_grad)  # a frozen teacher stays frozen
-        enc.features = nn.Sequential(conv1, nn.ReLU(), nn.MaxPool2d(2), f[3], nn.ReLU(), nn.MaxPool2d(2))
-    return model
-
-
-def _with_native_layers(model: Any, kind: str) -> Any:
-    """A copy of ``model`` whose session-11 layers of ``kind`` run PyTorch's own, same function and weights:
-    ``"pool"``: ``MaxPool2x2`` -> ``nn.MaxPool2d(2)``; ``"upsample"``: ``Upsample2x`` -> ``nn.Upsample(scale_factor=2)``."""
-    from torch import nn
-
-    from mid_core.max_pool import MaxPool2x2
-    from mid_core.upsample import Upsample2x
-
-    fast, make_native = {"pool": (MaxPool2x2, lambda: nn.MaxPool2d(2)),
-                         "upsample": (Upsample2x, lambda: nn.Upsample(scale_factor=2, mode="nearest"))}[kind]
-    model = copy.deepcopy(model)
-    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        for i, layer in enumerate(seq):
-            if isinstance(layer, fast):
-                seq[i] = make_native()
-    return model
-
-
-def _plain_decoder(teacher: Any) -> Any:
-    """A copy of ``teacher`` whose decoder ends in a plain ``nn.ConvTranspose2d`` (bias inside oneDNN's kernel,
-    PyTorch's generic double backward): the layout before ``SingleChannelConvTranspose2d``, same weights."""
-    from torch import nn
-
-    teacher = copy.deepcopy(teacher)
-    last = teacher.decoder.net[4]
-    plain = nn.ConvTranspose2d(last.in_channels, last.out_channels, last.kernel_size)
-    plain.load_state_dict(last.state_dict())
-    plain.requires_grad_(last.weight.requires_grad)
-    teacher.decoder.net[4] = plain
-    return teacher
-
-
-def _set_globals(threads: int, flush_denormal: bool, onednn_transpose: bool) -> None:
-    """Set the process-global settings a lever varies (restored to the defaults by ``_set_globals(1, False, False)``)."""
-    import torch.nn.functional as F
-
-    from mid_core import single_channel_conv
-
+def _set_globals(threads: int, flush_denormal: bool) -> None:
+    """Set the process-global settings a lever varies (restored to the defaults by ``_set_globals(1, False)``)."""
     torch.set_num_threads(threads)
     torch.set_flush_denormal(flush_denormal)
-    single_channel_conv.TRANSPOSE_KERNEL = F.conv_transpose2d if onednn_transpose else single_channel_conv.transpose_as_matmul
 
 
 def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int = BATCH,
            only: list[str] | None = None) -> dict[str, Any]:
     """In-process levers, interleaved: per config the SO, FO and clean step times on one batch.
 
-    ``plain_conv`` is the encoder before the benchmark-1 optimisation (``nn.Conv2d`` conv1, ReLU before pooling),
-    the same function and weights; ``plain_decoder`` the teacher's decoder before its last layer became a
-    ``SingleChannelConvTranspose2d``; ``flush_denormal`` flushes subnormal floats to zero
-    (``torch.set_flush_denormal``: subnormals are slow on x86 and gradients of mostly-black images can underflow);
-    ``onednn_transpose`` runs the 1-output-channel transposed convolution through oneDNN (``F.conv_transpose2d``)
-    instead of ``transpose_as_matmul`` (compare ``onednn_transpose_threads2`` with ``threads2``);
-    ``native_pool`` pools with ``nn.MaxPool2d`` instead of ``MaxPool2x2`` (compare ``native_pool_threads2`` with
-    ``threads2``); ``native_upsample`` runs the teacher decoder's upsampling through ``nn.Upsample`` instead of
-    ``Upsample2x`` (likewise ``native_upsample_threads2``); ``threads1`` uses the current code.
+    ``threads1`` runs the models of ``--kernels``; ``plain_nn`` the plain ``torch.nn`` models, without
+    ``use_cpu_kernels`` (compare ``plain_nn_threads2`` with ``threads2``; ``python -m bench.kernels`` measures each
+    kernel); ``flush_denormal`` flushes subnormal floats to zero (``torch.set_flush_denormal``: subnormals are slow
+    on x86 and gradients of mostly-black images can underflow).
     """
     views, labels, clean_u8 = _lever_batch(backbone, seed, batch)
     teacher, student, clf = _models(backbone, seed)
-    plain = (_plain_layout(teacher), _plain_layout(student), _plain_layout(clf))
-    plain_decoder = (_plain_decoder(teacher), student, clf)
-    native_pool = tuple(_with_native_layers(m, "pool") for m in (teacher, student, clf))
-    native_upsample = (_with_native_layers(teacher, "upsample"), student, clf)
+    plain = _models(backbone, seed, kernels=False)
     cl_fmt = torch.channels_last
     teacher_cl = copy.deepcopy(teacher).to(memory_format=cl_fmt)
     configs: dict[str, dict[str, Any]] = {
         "threads1": {"threads": 1},
-        "plain_conv": {"threads": 1, "plain": True},
-        "plain_decoder": {"threads": 1, "plain_decoder": True},
+        "plain_nn": {"threads": 1, "plain": True},
+        "plain_nn_threads2": {"threads": 2, "plain": True},
         "flush_denormal": {"threads": 1, "flush_denormal": True},
-        "onednn_transpose": {"threads": 1, "onednn_transpose": True},
-        "onednn_transpose_threads2": {"threads": 2, "onednn_transpose": True},
         "threads2": {"threads": 2},
-        "native_pool": {"threads": 1, "native_pool": True},
-        "native_pool_threads2": {"threads": 2, "native_pool": True},
-        "native_upsample": {"threads": 1, "native_upsample": True},
-        "native_upsample_threads2": {"threads": 2, "native_upsample": True},
         "channels_last": {"threads": 1, "fmt": cl_fmt},
         "bf16_autocast": {"threads": 1, "autocast": True},
     }
@@ -378,16 +321,13 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
         configs = {name: c for name, c in configs.items() if name in only or name == "threads1"}
     variants: dict[str, Any] = {}
     for name, c in configs.items():
-        t, st, cf = (plain if c.get("plain") else plain_decoder if c.get("plain_decoder")
-                     else native_pool if c.get("native_pool") else native_upsample if c.get("native_upsample")
-                     else (teacher, student, clf))
+        t, st, cf = plain if c.get("plain") else (teacher, student, clf)
         t = teacher_cl if c.get("fmt") is not None else t
         so = MidVariant(t, st, False, seed, c.get("fmt"), c.get("autocast", False))
         fo = MidVariant(t, st, True, seed, c.get("fmt"), c.get("autocast", False))
         cl = CleanVariant(cf, c.get("fmt"), c.get("autocast", False))
-        # every variant sets the threads, denormal flushing and the transposed-convolution kernel: they are
-        # process-global
-        setting = (c["threads"], c.get("flush_denormal", False), c.get("onednn_transpose", False))
+        # every variant sets the threads and denormal flushing: they are process-global
+        setting = (c["threads"], c.get("flush_denormal", False))
         variants[f"{name}/so"] = (lambda so=so, s=setting: (_set_globals(*s), so.step(views, labels, "PGD_N")))
         variants[f"{name}/fo"] = (lambda fo=fo, s=setting: (_set_globals(*s), fo.step(views, labels, "PGD_N")))
         variants[f"{name}/clean"] = (lambda cl=cl, s=setting: (_set_globals(*s), cl.step(clean_u8, labels)))
@@ -407,9 +347,9 @@ def levers(backbone: str, seed: int, rounds: int, with_compile: bool, batch: int
                 compile_note[order_name] = {"works": False, "seconds_to_failure": time.perf_counter() - t0,
                                             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
         print(f"[c] torch.compile(student): {json.dumps(compile_note)}", flush=True)
-    timings = C.interleave(variants, rounds=rounds, warmup=1)
-    _set_globals(1, False, False)
-    med = C.med(timings)
+    timings = C.interleave(variants, rounds=rounds)
+    _set_globals(1, False)
+    med = {name: t.median for name, t in timings.items()}
     table: dict[str, dict[str, float]] = {}
     for key, sec in med.items():
         cfg, kind = key.split("/")
@@ -438,9 +378,11 @@ def _lever_child(backbone: str, seed: int, rounds: int, keep_heap: bool) -> None
     views, labels, clean_u8 = _lever_batch(backbone, seed)
     teacher, student, clf = _models(backbone, seed)
     so, fo, cl = MidVariant(teacher, student, False, seed), MidVariant(teacher, student, True, seed), CleanVariant(clf)
-    timings = C.interleave({"so": lambda: so.step(views, labels, "PGD_N"), "fo": lambda: fo.step(views, labels, "PGD_N"),
-                            "clean": lambda: cl.step(clean_u8, labels)}, rounds=rounds, warmup=1)
-    print(json.dumps({"wall": C.med(timings), "cpu": C.med(timings, "cpu")}), flush=True)
+    timings = C.interleave({"so": lambda: so.step(views, labels, "PGD_N"),
+                                  "fo": lambda: fo.step(views, labels, "PGD_N"),
+                                  "clean": lambda: cl.step(clean_u8, labels)}, rounds=rounds)
+    print(json.dumps({"wall": {n: t.median for n, t in timings.items()},
+                      "cpu": {n: t.cpu_per_call for n, t in timings.items()}}), flush=True)
 
 
 def allocator_lever(backbone: str, seed: int, pairs: int, rounds: int) -> dict[str, Any]:
@@ -449,7 +391,8 @@ def allocator_lever(backbone: str, seed: int, pairs: int, rounds: int) -> dict[s
     for p in range(pairs):
         for mode in (("default", "keep_heap") if p % 2 == 0 else ("keep_heap", "default")):
             cmd = [sys.executable, "-m", "bench.mid_epoch", "--lever-child", backbone, "--rounds", str(rounds),
-                   "--seed", str(seed)] + (["--keep-heap"] if mode == "keep_heap" else [])
+                   "--seed", str(seed), "--kernels", "cpu" if USE_KERNELS else "plain"]
+            cmd += ["--keep-heap"] if mode == "keep_heap" else []
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=str(C.REPO), check=True)
             runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1])["wall"])
     med = {m: {k: C.median(r[k] for r in rs) for k in ("so", "fo", "clean")} for m, rs in runs.items()}
@@ -475,31 +418,25 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=None, help="images in the (a) epoch (default 10000; quick 1024)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,c")
     p.add_argument("--levers", default="", help="comma-separated (c) levers to measure against threads1, e.g. "
-                   "plain_decoder (default: all, plus torch.compile and the allocator)")
-    p.add_argument("--transpose-kernel", choices=["matmul", "onednn"], default="matmul",
-                   help="kernel of the 1-output-channel transposed convolution for (a) and (b): mid_core's Toeplitz "
-                   "matmul (default) or oneDNN's F.conv_transpose2d (the kernel before session 9), to compare runs")
-    p.add_argument("--pool-kernel", choices=["fast", "native"], default="fast",
-                   help="2x2 max-pooling of the LeNet encoders for (a) and (b): mid_core's MaxPool2x2 (default) or "
-                   "PyTorch's max_pool2d (the kernel before session 11), to compare runs")
+                   "plain_nn (default: all, plus torch.compile and the allocator)")
+    p.add_argument("--kernels", choices=["cpu", "plain"], default="cpu",
+                   help="models for (a)-(c): with mid_core.kernels.use_cpu_kernels (default) or plain torch.nn")
     p.add_argument("--lever-rounds", type=int, default=None,
                    help="timed rounds per (c) lever (default 4 for lenet5_classic, 2 for lenet5, 1 quick)")
     p.add_argument("--lever-child", default=None, help=argparse_hidden())
     p.add_argument("--rounds", type=int, default=3, help=argparse_hidden())
     p.add_argument("--keep-heap", action="store_true", help=argparse_hidden())
     args = p.parse_args()
+    global USE_KERNELS
+    USE_KERNELS = args.kernels == "cpu"
     if args.lever_child:
         _lever_child(args.lever_child, args.seed, args.rounds, args.keep_heap)
         return
     info = C.banner("mid_epoch", args)
     malloc_set = C.malloc_keep_heap() if args.malloc == "keep" else False
-    _set_globals(1, False, args.transpose_kernel == "onednn")
-    if args.pool_kernel == "native":
-        from bench.max_pool import use_native_pool
-
-        use_native_pool(True)
-    print(f"malloc keep-heap: {malloc_set}; torch threads {args.threads}; transposed convolution: "
-          f"{args.transpose_kernel}; max-pooling: {args.pool_kernel}", flush=True)
+    _set_globals(1, False)
+    print(f"malloc keep-heap: {malloc_set}; torch threads {args.threads}; models: "
+          f"{'use_cpu_kernels' if USE_KERNELS else 'plain torch.nn'}", flush=True)
     backbones = (args.backbones.split(",") if args.backbones else
                  (["lenet5_classic"] if args.quick else ["lenet5_classic", "lenet5"]))
     skip = set(filter(None, args.skip.split(",")))
@@ -529,7 +466,7 @@ def main() -> None:
     speed_fo = part_b[b_bb]["first_order"]["speedup_store_vs_online"] if b_bb else None
     emit_payload = {
         "benchmark": "mid_epoch", "quick": args.quick, "machine": info, "threads": args.threads,
-        "malloc_keep_heap": malloc_set, "transpose_kernel": args.transpose_kernel, "pool_kernel": args.pool_kernel,
+        "malloc_keep_heap": malloc_set, "kernels": args.kernels,
         "ratio_second_order": so, "ratio_first_order": fo, "ratio_backbone": main_bb,
         "goal_second_order": C.goal(so, "<=", 20), "goal_first_order": C.goal(fo, "<=", 12),
         "per_backbone": {bb: {"ratio_second_order": r["ratio_second_order"], "ratio_first_order": r["ratio_first_order"],

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attacks.registry import AttackSpec, default_spec, frozen_eval, random_targets, run_attack
+from .attacks import AttackSpec, default_spec, frozen_eval, random_targets, run_attack
 from .quantize import from_uint8, quantize_adversarial
 
 BENIGN_KEYS = ("benign", "clean")
@@ -157,7 +157,7 @@ def summarize_row(accuracies: Mapping[str, float]) -> dict:
 
     Columns come out as benign first, then the paper's attack order, then any other attacks.
     """
-    from .attacks.registry import PAPER_COLUMNS
+    from .attacks import PAPER_COLUMNS
 
     reserved = set(SUMMARY_COLUMNS) & set(accuracies)
     if reserved:

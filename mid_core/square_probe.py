@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .attacks.registry import frozen_eval
+from .attacks import frozen_eval
 from .evaluation import predict
 
 STAGES = ("clean", "gradient", "autoattack", "strong_square")

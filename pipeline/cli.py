@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-from pipeline.config import ConfigError, ExperimentConfig, load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.cli")
@@ -65,48 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def variant_config(args: argparse.Namespace, variant: str) -> ExperimentConfig:
-    """The config of MID variant ``variant``: ``configs/<name>/<variant>.yaml`` beside the base config."""
-    base = load_config(args.config, args.overrides)
-    path = args.config.parent / base.name / f"{variant}.yaml"
-    if not path.exists():
-        raise ConfigError(f"no config for variant {variant!r}: expected {path} (starting with `base: ../{args.config.name}`)")
-    return load_config(path, args.overrides)
-
-
-def run_experiment(args: argparse.Namespace, executor: object) -> None:
-    """``mid run``: teacher, pool, MID, each variant, evaluation (variants added to the evaluated models), each
-    stage's wall time appended to ``<output_dir>/stage_times.tsv``."""
-    from pipeline.stages import evaluate, mid, pool, teacher
-
-    cfg = load_config(args.config, args.overrides)
-    variants = [variant_config(args, v) for v in args.variants]  # all checked before any work
-    extra = [v.mid.variant for v in variants if v.mid.variant not in cfg.evaluation.models]
-    eval_cfg = load_config(args.config, [*args.overrides, f"evaluation.models={list(cfg.evaluation.models) + extra}"]) \
-        if extra else cfg
-    times = cfg.out / "stage_times.tsv"
-
-    def timed(label: str, fn: Callable[[], object]) -> None:
-        t0 = time.perf_counter()
-        log.info("stage %s ...", label)
-        fn()
-        seconds = time.perf_counter() - t0
-        log.info("stage %s done in %.0f s", label, seconds)
-        times.parent.mkdir(parents=True, exist_ok=True)
-        with times.open("a") as fh:
-            fh.write(f"{label}\t{seconds:.1f}\t{executor.name}\t{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-
-    timed("teacher", lambda: teacher.run(eval_cfg, executor))
-    timed("pool", lambda: pool.run(eval_cfg, executor))
-    timed(cfg.mid.variant, lambda: mid.run(cfg, executor))
-    for v in variants:
-        timed(v.mid.variant, lambda v=v: mid.run(v, executor))
-    timed("evaluate", lambda: evaluate.run(eval_cfg))
-    paths_out = cfg.out / "evaluation"
-    log.info("done: robustness table %s (also table.csv, results.json, heatmap.png); MLflow runs in %s",
-             paths_out / "table.md", cfg.tracking_uri())
-
-
 def dispatch(args: argparse.Namespace) -> None:
     if args.command == "inspect":
         from storage_schemas.inspect import main as inspect_main
@@ -127,7 +84,9 @@ def dispatch(args: argparse.Namespace) -> None:
 
     executor = get_executor(args.executor)
     if args.command == "run":
-        run_experiment(args, executor)
+        from pipeline.stages.experiment import run_experiment
+
+        run_experiment(args.config, args.overrides, args.variants, executor)
     elif args.command == "teacher":
         from pipeline.stages import teacher
 

@@ -1,24 +1,33 @@
-"""Experiment configuration: YAML -> typed, validated dataclasses.
+"""Experiment configuration: YAML -> typed, validated pydantic models.
 
-Everything is checked before any work starts: unknown keys (with the closest valid key suggested),
-unknown data set / backbone / attack names, eps outside (0, 1], non-positive steps or sizes, negative loss
-weights, a pool with fewer than two domains, and a data root that lacks the data set. Every error is a
-``ConfigError`` whose message names the offending key and says what to change.
+What: one ``ExperimentConfig`` (sections ``data``, ``model``, ``teacher``, ``pool``, ``mid``, ``at``, ``evaluation``,
+``tracking``) built from a YAML file that may inherit another through ``base:`` and be changed with ``--set
+key.sub=value`` overrides (``load_config``), or from a mapping such as a checkpoint's saved config
+(``config_from_dict``).
 
-This module imports no Ray or MLflow, so scripts that drive ``mid_core`` directly can use it too.
+Why: a run takes hours, so every value is checked before any work starts. The models are strict: an unknown key is
+an error that suggests the closest valid one, a value of the wrong type is not converted ("3" is not an int, 1 is not
+a bool; ints are accepted for floats), numbers must be finite and within the bounds declared on the field. The
+checks that involve registries or several fields (data set, backbone and attack names, ``mid.attacks`` within
+``pool.attacks``, ``mid.continue_from`` with a static pool, ...) run in ``validate``, and so does the check that the
+data root holds the data set. Every problem, pydantic's included, is raised as a one-line ``ConfigError`` that names
+the key and says what to change.
+
+The field descriptions are the reference documentation: ``python -m pipeline.config_reference > docs/config.md``
+renders them. This module imports no Ray or MLflow, so code that drives ``mid_core`` directly can use it too.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Literal, Mapping, NoReturn, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 from mid_core.datasets import DATASETS, check_data_available
 from mid_core.losses import KL_REDUCTIONS
@@ -26,109 +35,191 @@ from mid_core.models import BACKBONES
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the key and how to fix it."""
+    """A configuration problem; the message (one line) names the key and how to fix it."""
 
 
 BASE_MODELS = frozenset({"teacher", "substitute", "standard", "at"})  # models trained by the teacher stage
 VARIANT_NAME = re.compile(r"[a-z][a-z0-9_-]*")
+PROTOCOLS = ("paper", "whitebox", "transfer")
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-@dataclass
-class DataConfig:
-    dataset: str = "digits"  # digits | mnist | fmnist
-    root: str | None = None  # torchvision root; default $MID_DATA_ROOT, else ./data
-    download: bool = False  # let torchvision download (needs network)
-    train_limit: int | None = None  # first N training images only (iteration; label results accordingly)
+def _field(default: Any = None, doc: str = "", *, factory: Any = None, hint: str | None = None, **bounds: Any) -> Any:
+    """A field with its reference text ``doc``; ``hint`` is added to an out-of-bounds message (e.g. "0 = off")."""
+    extra = {"hint": hint} if hint else None
+    if factory is not None:
+        return Field(default_factory=factory, description=doc, json_schema_extra=extra, **bounds)
+    return Field(default, description=doc, json_schema_extra=extra, **bounds)
 
 
-@dataclass
-class ModelConfig:
-    backbone: str = "lenet5"  # see mid_core.models.BACKBONES
+class _Section(BaseModel):
+    """Shared settings of every section: strict types, unknown keys rejected, finite numbers only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_subsections(cls, data: Any) -> Any:
+        """A subsection states only the keys it changes: the others keep the default this section gives them
+        (``mid.test_weights: {cc: 0.5}`` keeps the meta-test ac and lc at 1, not the meta-train 1.5 and 1). A
+        subsection written with no keys (``mid:`` alone, parsed as null) means all of its defaults."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, info in cls.model_fields.items():
+            if _is_model(info.annotation) and name in out and (out[name] is None or isinstance(out[name], dict)):
+                out[name] = {**info.get_default(call_default_factory=True).model_dump(), **(out[name] or {})}
+        return out
 
 
-@dataclass
-class TeacherConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    recon_loss: str = "bce"  # bce | l2 | l1 (the paper says L1; L1 and L2 collapsed MNIST decoders, see mid_core.training)
-    recon_weight: float = 1.0
-    substitute_seed_offset: int = 1000  # the substitute (transfer protocol) model uses seed + offset
-    standard_seed_offset: int = 2000  # the separate standard classifier (pool.source: standard)
-    num_workers: int = 1
-    worker_cpus: float = 0.5
-    use_gpu: bool = False  # one GPU per Ray Train worker, NCCL backend
+class DataConfig(_Section):
+    """Which data set to train and test on, and where its files are."""
+
+    dataset: str = _field("digits", "Data set: `digits` (scikit-learn's 8x8 digits, bundled, for quick runs), "
+                                    "`mnist` or `fmnist` (Fashion-MNIST).")
+    root: str | None = _field(None, "Directory torchvision reads the data set from; null = `$MID_DATA_ROOT`, else "
+                                    "`./data`. Checked before any work starts.")
+    download: bool = _field(False, "Let torchvision download a missing data set (needs network access); off so a "
+                                   "missing data root is reported instead of fetched silently.")
+    train_limit: int | None = _field(None, "Use only the first N training images (for iterating quickly; label "
+                                           "results accordingly); null = the full training set.", gt=0)
 
 
-@dataclass
-class PoolConfig:
-    source: str = "teacher"  # teacher | standard: the model the pool's attacks are computed against
-    attacks: list[str] = field(default_factory=lambda: ["PGD_N", "PGD_T", "MIM_N", "MIM_T"])
-    eps: float = 0.3
-    steps: int | None = None  # override PGD/MIM/BIM step count (None: paper defaults, 40)
-    step_size: float | None = None  # override PGD/MIM/BIM step size (None: paper defaults, 0.01; BIM 0.05)
-    block_size: int = 256  # rows per Zarr chunk == per generation task
-    num_actors: int = 1
-    actor_cpus: float = 0.5
-    actor_gpus: float = 0.0  # GPUs per generation actor (fractions share one GPU); 0 = CPU
-    batch_size: int = 256  # attack batch inside an actor
-    torch_threads: int = 0  # threads per actor; 0 = auto (machine cores / actors)
-    refresh_every: int = 0  # regenerate the pool against the current deployed model every K MID epochs (0 = static)
+class ModelConfig(_Section):
+    """The network architecture shared by the teacher, the MID student and the baselines."""
+
+    backbone: str = _field("lenet5", "Backbone name from `mid_core.models.BACKBONES` (`lenet5`: the paper's "
+                                     "LeNet-5 encoder and classifier head).")
 
 
-@dataclass
-class LossWeightsConfig:
-    ac: float = 1.5
-    cc: float = 0.8
-    lc: float = 1.0
+class TeacherConfig(_Section):
+    """Stage 1: the teacher (encoder, classifier head and reconstruction decoder) and the plain classifiers trained
+    alongside it (substitute, standard)."""
+
+    epochs: int = _field(10, "Training epochs of the teacher and of each plain classifier.", gt=0)
+    batch_size: int = _field(128, "Images per optimizer step.", gt=0)
+    lr: float = _field(1e-3, "Adam learning rate.", gt=0)
+    recon_loss: Literal["bce", "l2", "l1"] = _field(
+        "bce", "Decoder reconstruction loss. The paper says L1, but L1 and L2 collapsed the MNIST decoders (see "
+               "`mid_core.training`), so the default is binary cross-entropy.")
+    recon_weight: float = _field(1.0, "Weight of the reconstruction loss next to the classification loss; 0 "
+                                      "switches it off.", ge=0, hint="0 switches the term off")
+    substitute_seed_offset: int = _field(1000, "The substitute model (the transfer protocol's attack source) is "
+                                               "trained with seed + this offset, so it differs from the teacher.")
+    standard_seed_offset: int = _field(2000, "Seed offset of the separate standard classifier (used by "
+                                             "`pool.source: standard` and the `standard` evaluation row).")
+    num_workers: int = _field(1, "Data-parallel training workers (Ray Train workers in the Ray executor).", gt=0)
+    worker_cpus: float = _field(0.5, "CPUs reserved per worker (fractions let several share a core).", gt=0)
+    use_gpu: bool = _field(False, "One GPU per worker, gradients all-reduced with NCCL; off = CPU with gloo.")
 
 
-@dataclass
-class MidConfig:
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 1e-3  # the paper's "initial learning rate"; see lr_decay_epochs
-    # Step decay: the outer learning rate is lr * lr_decay_factor**k in an epoch (1-based) after k of these epochs,
-    # e.g. [25] with 0.1: epochs 1-25 at lr, 26 on at lr / 10. [] = constant (every run before session 15).
-    lr_decay_epochs: list[int] = field(default_factory=list)
-    lr_decay_factor: float = 0.1
-    inner_lr: float = 1e-3  # α
-    meta_test_weight: float = 1.0  # β
-    first_order: bool = False
-    use_meta: bool = True  # Table 8 ablation: meta on/off
-    use_ac: bool = True  # Table 8 ablation: distillation (AC) on/off
-    use_cc: bool = True  # Table 8 ablation: cyclic consistency on/off
-    use_distillation: bool = True  # Table 8 "DST": student encoder + frozen teacher head; off = a full classifier trained with CE
-    variant: str = "mid"  # name of this MID model: models/<variant>.pt, MLflow run <name>/<variant>, an evaluation row
-    attacks: list[str] | None = None  # train on this subset of the pool's attacks (Table 10 leave-one-out); None = all
-    temperature: float = 1.0
-    # How AC and CC reduce over feature elements: "batchmean" (true KL summed over channels and positions, DESIGN.md)
-    # or "elementmean" (also divided by the number of feature elements: the official code's nn.KLDivLoss() default,
-    # against which its 1.5 / 0.8 weights were tuned). See mid_core/losses.py and docs/results.md.
-    kl_reduction: str = "batchmean"
-    train_weights: LossWeightsConfig = field(default_factory=LossWeightsConfig)
-    test_weights: LossWeightsConfig = field(default_factory=lambda: LossWeightsConfig(1.0, 1.0, 1.0))
-    student_init: str = "teacher"  # teacher | random
-    # Continue the finished MID variant of this name (same experiment) for more epochs: start from its last training
-    # state (student, optimizer, epoch, step) instead of from the teacher. With Adam at a constant learning rate this
-    # equals training mid.epochs from scratch, minus the epochs already paid for. None = start fresh.
-    continue_from: str | None = None
-    num_workers: int = 1
-    worker_cpus: float = 0.5
-    use_gpu: bool = False  # one GPU per Ray Train worker; gradients all-reduced with NCCL
-    torch_threads: int = 0  # threads per worker; 0 = auto (machine cores / workers)
-    shuffle_buffer: int = 2048  # rows in each worker's local shuffle buffer
-    log_every: int = 10  # steps between MLflow metric logs
-    verify_sync: bool = False  # all-gather a parameter checksum after every step (tests / debugging)
-    # Diagnostic of scripts/headline_direct.py only (jobs/train_mid.py refuses it): generate each batch's attack views
-    # against the current deployed model just before its step instead of reading the pool. The views are then never
-    # stale, where pool.refresh_every: 1 gives views up to one epoch old for the same attack cost per epoch; comparing
-    # the two tells whether staleness is what keeps a refreshed pool from white-box robustness (docs/results.md).
-    online_attacks: bool = False
-    # With online_attacks: run the batch's PGD/MIM views as one stacked attack (mid_core.attacks.fused: 40 passes
-    # on 4 x 128 images instead of 160 on 128; same draws, same views up to float rounding). False = advertorch one
-    # by one, as every run before session 14.
-    online_fused: bool = False
+class PoolConfig(_Section):
+    """Stage 2: the adversarial pool, the attack views MID trains on, stored as a Zarr store."""
+
+    source: Literal["teacher", "standard"] = _field(
+        "teacher", "The model the pool's attacks are computed against: the teacher (the paper) or the separate "
+                   "standard classifier.")
+    attacks: list[str] = _field(
+        doc="Attacks that make the pool's domains (next to benign): PGD, MIM, FGSM or BIM, suffix `_N` untargeted "
+            "or `_T` targeted. The default is the paper's four; CW, JSMA and AA are evaluation-only.",
+        factory=lambda: ["PGD_N", "PGD_T", "MIM_N", "MIM_T"])
+    eps: float = _field(0.3, "L-inf budget of the pool's attacks, in pixel units of images in [0, 1]; 0.3 as in "
+                             "the paper.", gt=0, le=1, hint="images are in [0, 1]; the paper uses 0.3")
+    steps: int | None = _field(None, "Iterations of PGD, MIM and BIM; null = the paper's defaults (40).", gt=0)
+    step_size: float | None = _field(None, "Step size of PGD, MIM and BIM; null = the paper's defaults (0.01; "
+                                           "BIM 0.05).", gt=0)
+    block_size: int = _field(256, "Rows per Zarr chunk, which is also the rows per generation task and the unit "
+                                  "training reads.", gt=0)
+    num_actors: int = _field(1, "Generation actors running in parallel.", gt=0)
+    actor_cpus: float = _field(0.5, "CPUs reserved per generation actor.", gt=0)
+    actor_gpus: float = _field(0.0, "GPUs per generation actor (fractions share one GPU); 0 = CPU actors.", ge=0,
+                               hint="0 = CPU actors")
+    batch_size: int = _field(256, "Images per attack batch inside an actor.", gt=0)
+    torch_threads: int = _field(0, "Torch threads per actor; 0 = automatic (machine cores / actors), so actors do "
+                                   "not oversubscribe the cores.", ge=0, hint="0 = automatic")
+    refresh_every: int = _field(0, "Regenerate the pool against the current deployed model every K MID epochs, so "
+                                   "the views follow the student; 0 = a static pool, generated once against "
+                                   "`pool.source`.", ge=0, hint="0 = static pool")
+
+
+class LossWeightsConfig(_Section):
+    """Weights of MID's three loss terms in one phase (meta-train or meta-test) of a step."""
+
+    ac: float = _field(1.5, "Adversarial consistency (AC): KL from the teacher's features of the clean image to the student's "
+                          "features of the attacked view.", ge=0,
+                       hint="0 switches the term off")
+    cc: float = _field(0.8, "Cyclic consistency (CC): the same KL after the student's features pass through the frozen "
+                          "teacher decoder and encoder.", ge=0,
+                       hint="0 switches the term off")
+    lc: float = _field(1.0, "Label consistency (LC): cross-entropy of the frozen teacher head on the student's features of "
+                          "the attacked view.", ge=0,
+                       hint="0 switches the term off")
+
+
+class MidConfig(_Section):
+    """Stage 3: MID meta-training of the student encoder on the pool's domains."""
+
+    epochs: int = _field(5, "Training epochs (passes over the pool).", gt=0)
+    batch_size: int = _field(128, "Rows per step, each with its clean image and one view per attack.", gt=0)
+    lr: float = _field(1e-3, "The paper's initial (outer, Adam) learning rate; see `lr_decay_epochs`.", gt=0)
+    lr_decay_epochs: list[int] = _field(
+        doc="Step decay of the outer learning rate: an epoch (1-based) after k of these epochs trains at "
+            "lr * lr_decay_factor^k, e.g. [25] with 0.1 trains epochs 1-25 at lr and 26 on at lr / 10. "
+            "[] = constant, as the paper.", factory=list)
+    lr_decay_factor: float = _field(0.1, "Factor applied at each of `lr_decay_epochs`.", gt=0, le=1,
+                                    hint="0.1 = a tenth after each decay epoch")
+    inner_lr: float = _field(1e-3, "α: learning rate of the inner (meta-train) SGD step.", gt=0)
+    meta_test_weight: float = _field(1.0, "β: weight of the meta-test loss on the held-out domain.", ge=0,
+                                     hint="0 switches the term off")
+    first_order: bool = _field(False, "Drop the second-order terms of the meta-gradient (faster, an "
+                                      "approximation); off = exact, as the paper.")
+    use_meta: bool = _field(True, "Meta-learning on (one domain held out per step for the meta-test); off = one plain "
+                                  "step on the sum over all domains. Table 8 ablation.")
+    use_ac: bool = _field(True, "Adversarial consistency (AC) term on. Table 8 ablation.")
+    use_cc: bool = _field(True, "Cyclic consistency (CC) term on. Table 8 ablation.")
+    use_distillation: bool = _field(
+        True, "Student encoder with the frozen teacher head (Table 8 `DST`); off = a full classifier trained with "
+              "cross-entropy, which needs `use_ac: false` and `use_cc: false`.")
+    variant: str = _field(
+        "mid", "Name of this MID model: `models/<variant>.pt`, MLflow run `<name>/<variant>` and its evaluation "
+               "row. Lower-case letters, digits, `_` or `-`, starting with a letter; not a base model name.")
+    attacks: list[str] | None = _field(None, "Train on this subset of `pool.attacks` only (Table 10 "
+                                             "leave-one-out); null = all of them.")
+    temperature: float = _field(1.0, "Softmax temperature of the feature distributions that AC and CC compare.", gt=0)
+    kl_reduction: Literal[KL_REDUCTIONS] = _field(  # type: ignore[valid-type]
+        "batchmean", "How AC and CC reduce over feature elements: `batchmean` is the true KL, summed over channels "
+                     "and positions (docs/design.md); `elementmean` also divides by the number of feature elements, "
+                     "the official code's `nn.KLDivLoss()` default, against which its 1.5 / 0.8 weights were tuned.",
+        hint="batchmean: true KL; elementmean: the official code's mean over feature elements")
+    train_weights: LossWeightsConfig = _field(doc="Loss weights of the meta-train phase (the paper's 1.5 / 0.8 / 1).",
+                                              factory=LossWeightsConfig)
+    test_weights: LossWeightsConfig = _field(doc="Loss weights of the meta-test phase (all 1).",
+                                             factory=lambda: LossWeightsConfig(ac=1.0, cc=1.0, lc=1.0))
+    student_init: Literal["teacher", "random"] = _field(
+        "teacher", "Start the student encoder from the teacher's encoder (the paper) or from random weights.")
+    continue_from: str | None = _field(
+        None, "Continue the finished MID variant of this name (same experiment) for more epochs: start from its last "
+              "training state (student, optimizer, epoch, step) instead of from the teacher, which equals one longer "
+              "run. Needs a static pool. null = start fresh.")
+    num_workers: int = _field(1, "Data-parallel training workers; each takes its share of every batch and the "
+                                 "gradients are averaged.", gt=0)
+    worker_cpus: float = _field(0.5, "CPUs reserved per worker.", gt=0)
+    use_gpu: bool = _field(False, "One GPU per worker, gradients all-reduced with NCCL; off = CPU with gloo.")
+    torch_threads: int = _field(0, "Torch threads per worker; 0 = automatic (machine cores / workers).", ge=0,
+                                hint="0 = automatic")
+    shuffle_buffer: int = _field(
+        2048, "Rows per shuffle window: training reads whole store blocks in a fixed seeded order and shuffles "
+              "each window of this many rows per epoch (a window holds at least `batch_size` rows). Larger mixes "
+              "more at the cost of memory; 2048 is eight default blocks.", gt=0)
+    log_every: int = _field(10, "Steps between MLflow metric logs.", gt=0)
+    verify_sync: bool = _field(False, "After every step, check that all workers hold identical parameters (for "
+                                      "tests and debugging; costs an all-gather per step).")
+    online_attacks: bool = _field(
+        False, "Generate each batch's attack views against the current deployed model just before its step instead "
+               "of reading the pool (adaptive MID), in either executor. The views are never stale, at the cost of "
+               "the attacks every step; there is no pool to refresh or continue.")
 
     def lr_at(self, epoch: int) -> float:
         """The outer (Adam) learning rate of 0-based epoch ``epoch``: ``lr`` decayed by ``lr_decay_factor`` once for
@@ -136,67 +227,86 @@ class MidConfig:
         return self.lr * self.lr_decay_factor ** sum(1 for e in self.lr_decay_epochs if e <= epoch)
 
 
-@dataclass
-class AdversarialTrainingConfig:
-    """Madry et al. PGD adversarial training of a standard classifier (the AT baseline; trained when the
-    evaluation lists the ``at`` model). Each batch is replaced by PGD examples against the current model."""
+class AdversarialTrainingConfig(_Section):
+    """Madry et al. PGD adversarial training of a standard classifier (the AT baseline; trained when
+    `evaluation.models` lists `at`). Each batch is replaced by PGD examples against the current model."""
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    eps: float = 0.3
-    steps: int = 40
-    step_size: float = 0.01
-    seed_offset: int = 3000
-
-
-@dataclass
-class EvaluationConfig:
-    protocols: list[str] = field(default_factory=lambda: ["paper", "whitebox", "transfer"])
-    attacks: list[str] = field(
-        default_factory=lambda: ["PGD_N", "PGD_T", "MIM_N", "MIM_T", "FGSM_N", "FGSM_T", "BIM_N", "BIM_T", "CW_N", "CW_T", "AA_N", "JSMA_T"]
-    )
-    eps: float = 0.3
-    steps: int | None = None  # override PGD/MIM/BIM steps (None: paper defaults, 40)
-    step_size: float | None = None  # override PGD/MIM/BIM step size (None: paper defaults)
-    limit: int | None = None  # first N test images (None: the full test set)
-    slow_attack_limit: int = 1000  # CW and JSMA run on the first N test images only (labelled)
-    batch_size: int = 256
-    # rows: teacher (undefended), standard, substitute, at (Madry AT) or any MID variant name (mid.variant)
-    models: list[str] = field(default_factory=lambda: ["teacher", "mid"])
-    # white-box verdict (whitebox protocol): PGD with random restarts, and each model's per-sample worst case over
-    # every L-inf attack of the row (AutoAttack included) on the first `limit` images; 0 restarts = off
-    verdict_pgd_restarts: int = 0
-    verdict_pgd_steps: int = 100
-    verdict_pgd_step_size: float = 0.01
-    # and, when AutoAttack's own check says its black-box Square still broke points the gradient attacks missed,
-    # a longer Square (mid_core.square_probe.square_attack) on the images that survive that worst case; 0 = off
-    verdict_square_queries: int = 0
-    verdict_square_restarts: int = 1
+    epochs: int = _field(10, "Training epochs.", gt=0)
+    batch_size: int = _field(128, "Images per step.", gt=0)
+    lr: float = _field(1e-3, "Adam learning rate.", gt=0)
+    eps: float = _field(0.3, "L-inf budget of the training PGD (images in [0, 1]); 0.3 as the evaluation.", gt=0,
+                        le=1)
+    steps: int = _field(40, "PGD iterations per batch (Madry et al.: 40).", gt=0)
+    step_size: float = _field(0.01, "PGD step size.", gt=0)
+    seed_offset: int = _field(3000, "The AT model is trained with seed + this offset.")
 
 
-@dataclass
-class TrackingConfig:
-    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
-    experiment: str | None = None  # default: mid-<dataset>
+class EvaluationConfig(_Section):
+    """Stage 4: the robustness tables: which models, attacks and protocols."""
+
+    protocols: list[Literal["paper", "whitebox", "transfer"]] = _field(
+        doc="`paper`: each model on the fixed test set attacked on the pool's source model (how the paper's Table 2 "
+            "was made); `whitebox`: every attack computed against the evaluated model itself; `transfer`: the "
+            "fixed test set attacked on the independently trained substitute (Table 3).", factory=lambda: list(PROTOCOLS),
+        min_length=1)
+    attacks: list[str] = _field(
+        doc="Attack columns of the tables (`_N` untargeted, `_T` targeted).",
+        factory=lambda: ["PGD_N", "PGD_T", "MIM_N", "MIM_T", "FGSM_N", "FGSM_T", "BIM_N", "BIM_T", "CW_N", "CW_T",
+                         "AA_N", "JSMA_T"])
+    eps: float = _field(0.3, "L-inf budget of the evaluation attacks (images in [0, 1]); 0.3 as in the paper.", gt=0,
+                        le=1, hint="images are in [0, 1]; the paper uses 0.3")
+    steps: int | None = _field(None, "Iterations of PGD, MIM and BIM; null = the paper's defaults (40).", gt=0)
+    step_size: float | None = _field(None, "Step size of PGD, MIM and BIM; null = the paper's defaults.", gt=0)
+    limit: int | None = _field(None, "Evaluate on the first N test images; null = the full test set.", gt=0)
+    slow_attack_limit: int = _field(1000, "CW and JSMA run on the first N test images only (they are slow; the "
+                                          "tables label it).", gt=0)
+    batch_size: int = _field(256, "Images per attack batch.", gt=0)
+    models: list[str] = _field(
+        doc="Table rows: `teacher` (undefended), `standard`, `substitute`, `at` (Madry AT) or any MID variant name "
+            "(`mid.variant`).", factory=lambda: ["teacher", "mid"])
+    verdict_pgd_restarts: int = _field(
+        0, "White-box verdict (whitebox protocol): PGD with this many random restarts, and each model's per-sample "
+           "worst case over every L-inf attack of its row (AutoAttack included) on the first `limit` images; "
+           "0 = no verdict.", ge=0, hint="0 = no verdict")
+    verdict_pgd_steps: int = _field(100, "Iterations of the verdict's PGD.", gt=0)
+    verdict_pgd_step_size: float = _field(0.01, "Step size of the verdict's PGD.", gt=0)
+    verdict_square_queries: int = _field(
+        0, "When AutoAttack's own check says its black-box Square broke points the gradient attacks missed, run a "
+           "longer Square with this many queries on the images that survive the worst case (so gradient masking "
+           "cannot keep points robust). Needs `verdict_pgd_restarts` >= 1; 0 = off.", ge=0,
+        hint="0 = no Square stage")
+    verdict_square_restarts: int = _field(1, "Restarts of that Square stage.", gt=0)
 
 
-@dataclass
-class ExperimentConfig:
-    name: str = "experiment"
-    seed: int = 0
-    output_dir: str = "runs/experiment"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    pool: PoolConfig = field(default_factory=PoolConfig)
-    mid: MidConfig = field(default_factory=MidConfig)
-    at: AdversarialTrainingConfig = field(default_factory=AdversarialTrainingConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+class TrackingConfig(_Section):
+    """MLflow tracking."""
+
+    uri: str | None = _field(None, "MLflow tracking URI; null = `$MLFLOW_TRACKING_URI`, else "
+                                   "`sqlite:///<output_dir>/mlflow.db`.")
+    experiment: str | None = _field(None, "MLflow experiment name; null = `mid-<data.dataset>`.")
+
+
+class ExperimentConfig(_Section):
+    """Top level: the experiment's name, seed and output folder, and one key per section."""
+
+    name: str = _field("experiment", "Experiment name: the MLflow run prefix and, for shipped configs, the file "
+                                     "name under configs/.")
+    seed: int = _field(0, "Seed of everything random (initialisation, attack draws, batch order, held-out "
+                          "domains); the same config and seed give the same results.")
+    output_dir: str = _field("runs/experiment", "Folder for the stores, checkpoints, tables and the default MLflow "
+                                                "database.")
+    data: DataConfig = _field(doc="The data set and where it is.", factory=DataConfig)
+    model: ModelConfig = _field(doc="The network architecture.", factory=ModelConfig)
+    teacher: TeacherConfig = _field(doc="Stage 1: the teacher and the plain classifiers.", factory=TeacherConfig)
+    pool: PoolConfig = _field(doc="Stage 2: the adversarial pool.", factory=PoolConfig)
+    mid: MidConfig = _field(doc="Stage 3: MID meta-training.", factory=MidConfig)
+    at: AdversarialTrainingConfig = _field(doc="The adversarial-training (AT) baseline.", factory=AdversarialTrainingConfig)
+    evaluation: EvaluationConfig = _field(doc="Stage 4: evaluation and tables.", factory=EvaluationConfig)
+    tracking: TrackingConfig = _field(doc="Where runs are tracked (MLflow).", factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as plain nested dicts, lists and scalars (JSON- and YAML-able; ``config_from_dict`` reads it)."""
+        return self.model_dump()
 
     @property
     def out(self) -> Path:
@@ -209,201 +319,220 @@ class ExperimentConfig:
         return self.tracking.experiment or f"mid-{self.data.dataset}"
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
-    """Recursively build dataclass ``cls`` from a mapping, rejecting unknown keys."""
+# The sections by key, in file order (the reference and the tests walk them).
+SECTIONS: dict[str, type[_Section]] = {name: f.annotation for name, f in ExperimentConfig.model_fields.items() if _is_model(f.annotation)}
+
+
+# ---- pydantic errors -> one-line ConfigError ------------------------------------------------------------------------
+
+def show(value: Any, quote: bool = True) -> str:
+    """``value`` as it would be written in YAML (null, true, [a, b], {k: v}), strings quoted unless ``quote`` is
+    false: for messages and the reference."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {show(v, quote)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(show(v, quote) for v in value) + "]"
+    if isinstance(value, str) and not quote:
+        return value
+    return repr(value)
+
+
+def bounds(info: FieldInfo) -> str:
+    """The numeric bounds declared on a field: '> 0', '>= 0', 'in (0, 1]' or ''."""
+    found = {name: getattr(m, name) for m in info.metadata for name in ("gt", "ge", "lt", "le")
+             if getattr(m, name, None) is not None}
+    lo = ("(", found["gt"]) if "gt" in found else ("[", found["ge"]) if "ge" in found else None
+    hi = (")", found["lt"]) if "lt" in found else ("]", found["le"]) if "le" in found else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo:
+        return f"{'>' if lo[0] == '(' else '>='} {lo[1]}"
+    if hi:
+        return f"{'<' if hi[0] == ')' else '<='} {hi[1]}"
+    return ""
+
+
+def _expects(annotation: Any) -> str:
+    """What a value of this type is, in words: 'an integer', 'true or false', "'bce', 'l2' or 'l1'", ..."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is not None and len(args) < len(get_args(annotation)):  # X | None
+        return f"{_expects(args[0])} or null"
+    if get_origin(annotation) is Literal:
+        names = [repr(a) for a in get_args(annotation)]
+        return " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        if get_origin(item) is Literal:
+            return f"a list of {_expects(item)}"
+        return {int: "a list of integers", str: "a list of names"}.get(item, f"a list of {_expects(item)}")
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _resolve(loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None, FieldInfo | None, tuple[Any, ...]]:
+    """Follow an error location through the models: (dotted key path, the model the path ends in or None, the
+    field it ends at or None, the rest of the location, e.g. a list index or an unknown key)."""
+    model: type[BaseModel] | None = ExperimentConfig
+    names: list[str] = []
+    info: FieldInfo | None = None
+    for i, part in enumerate(loc):
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return ".".join(names), model, info, tuple(loc[i:])
+        info = model.model_fields[part]
+        names.append(part)
+        model = info.annotation if _is_model(info.annotation) else None
+    return ".".join(names), model, info, ()
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    kind, value = error["type"], error.get("input")
+    path, model, info, rest = _resolve(tuple(error["loc"]))
+    where = path or "config"
+    if kind == "extra_forbidden" and model is not None:
+        key = f"{path}.{rest[0]}" if path else str(rest[0])
+        valid = sorted(model.model_fields)
+        close = difflib.get_close_matches(str(rest[0]), valid, n=1)
+        fix = f" Did you mean {close[0]!r}?" if close else " Remove it or use a valid key."
+        return f"unknown config key {key!r}.{fix} Valid keys here: {valid}"
+    if kind == "invalid_key" and model is not None:
+        return f"{where}: key {value!r} must be a name (a string); valid keys here: {sorted(model.model_fields)}"
+    if kind in ("model_type", "dict_type") and model is not None:
+        what = "a mapping of sections" if not path else "a section (a mapping of its keys)"
+        return (f"{where} must be {what}, got {type(value).__name__} {show(value)}; valid keys here: "
+                f"{sorted(model.model_fields)}")
+    if info is None:
+        return f"{where}: {error['msg']}"
+    hint = (info.json_schema_extra or {}).get("hint") if isinstance(info.json_schema_extra, dict) else None
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{path} must be {bounds(info)}{f' ({hint})' if hint else ''}, got {show(value)}"
+    if kind == "too_short":
+        return f"{path} must not be empty: list at least one of {_expects(info.annotation).removeprefix('a list of ')}"
+    expected = _expects(info.annotation)
+    if kind == "literal_error" and hint:
+        expected = f"{expected} ({hint})"
+    if rest and isinstance(rest[0], int):  # one item of a list
+        return f"{path} must be {expected}, got {show(value)} at position {rest[0]}"
+    if value is None:
+        return (f"{path} must be {expected}, got null; give a value or delete the key for the default "
+                f"({show(info.get_default(call_default_factory=True))})")
+    got = f"{path} must be {expected}, got {show(value)}"
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        if not isinstance(parsed, str) and parsed is not None:
+            return f"{got}: a quoted string; write it without quotes ({path.rsplit('.', 1)[-1]}: {value})"
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and math.isfinite(number) and "number" in expected:
+            return (f"{got}: YAML reads a number without a dot, such as 1e-3, as a string; write "
+                    f"{path.rsplit('.', 1)[-1]}: {number!r}")
+    return got
+
+
+def _one_line(exc: ValidationError) -> NoReturn:
+    """Raise the first of pydantic's errors as a one-line ``ConfigError`` (the old checker's style: first problem)."""
+    raise ConfigError(_message(exc.errors(include_url=False)[0])) from None
+
+
+def _build(raw: Any) -> ExperimentConfig:
+    """Build the models from a mapping; types, unknown keys and per-field bounds are checked here."""
     if raw is None:
         raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(raw).__name__} {raw!r}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {path!r}.{hint} Valid keys here: {sorted(known)}")
-        hint_type = hints[key]
-        if dataclasses.is_dataclass(hint_type):
-            kwargs[key] = _build(hint_type, value, path)
-        else:
-            kwargs[key] = _coerce(value, hint_type, path)
-    return cls(**kwargs)
+    if isinstance(raw, Mapping) and not isinstance(raw, dict):
+        raw = dict(raw)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        _one_line(exc)
 
 
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    text = str(hint)
-    if value is None:
-        if "None" in text:
-            return None
-        raise ConfigError(f"{path} must not be empty (null)")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {value!r}")
-        return value
-    if hint is int or text.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
-        return value
-    if hint is float or text.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{path} must be a finite number, got {value!r}")
-        return float(value)
-    if text.startswith("list[int]"):
-        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f"{path} must be a list of integers, got {value!r}")
-        return list(value)
-    if text.startswith("list"):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{path} must be a list of names, got {value!r}")
-        return list(value)
-    if hint is str or text.startswith("str"):
-        if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {value!r}")
-        return value
-    return value
+# ---- checks across fields and against the registries ----------------------------------------------------------------
 
-
-def _check_positive(value: float | int | None, path: str) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"{path} must be > 0, got {value}")
-
-
-def _check_attacks(names: list[str], eps: float, steps: int | None, path: str) -> None:
+def _check_attacks(names: list[str], steps: int | None, path: str) -> None:
     from mid_core.attacks import default_spec
 
     for name in names:
         try:
             default_spec(name, **({"steps": steps} if steps is not None else {}))
         except ValueError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f"{path}: {' '.join(str(exc).split())}") from None
     if len(set(names)) != len(names):
-        raise ConfigError(f"{path} lists an attack twice: {names}")
+        raise ConfigError(f"{path} lists an attack twice: {names}; list each once")
 
 
 def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig:
-    """Check every value; raise ``ConfigError`` with a fix on the first problem."""
+    """Check every value of ``cfg`` (again, so attribute writes are covered too), then the names against the
+    registries and the settings that depend on each other; raise ``ConfigError`` with a fix on the first problem."""
+    _build(cfg.to_dict())
     if cfg.data.dataset not in DATASETS:
         raise ConfigError(f"data.dataset {cfg.data.dataset!r} is unknown; choose one of {list(DATASETS)}")
     if cfg.model.backbone not in BACKBONES:
         raise ConfigError(f"model.backbone {cfg.model.backbone!r} is unknown; choose one of {sorted(BACKBONES)}")
-    if cfg.teacher.recon_loss not in ("bce", "l2", "l1"):
-        raise ConfigError(f"teacher.recon_loss must be 'bce', 'l2' or 'l1', got {cfg.teacher.recon_loss!r}")
-    if cfg.mid.kl_reduction not in KL_REDUCTIONS:
-        raise ConfigError(f"mid.kl_reduction must be 'batchmean' (true KL, the default) or 'elementmean' (the official "
-                          f"code's nn.KLDivLoss() mean over feature elements), got {cfg.mid.kl_reduction!r}")
-    if cfg.pool.source not in ("teacher", "standard"):
-        raise ConfigError(f"pool.source must be 'teacher' or 'standard', got {cfg.pool.source!r}")
-    if cfg.mid.student_init not in ("teacher", "random"):
-        raise ConfigError(f"mid.student_init must be 'teacher' or 'random', got {cfg.mid.student_init!r}")
-    if cfg.mid.continue_from is not None:
-        if cfg.mid.continue_from == cfg.mid.variant:
-            raise ConfigError(f"mid.continue_from must name another variant than mid.variant ({cfg.mid.variant!r}); "
-                              "give the longer run its own variant name, e.g. mid.variant: mid_xlong")
-        if cfg.pool.refresh_every:
+    mid, pool, ev = cfg.mid, cfg.pool, cfg.evaluation
+    if mid.continue_from is not None:
+        if mid.continue_from == mid.variant:
+            raise ConfigError(f"mid.continue_from must name another variant than mid.variant ({mid.variant!r}); "
+                              "give the longer run its own variant name, e.g. mid.variant: mid_60ep")
+        if pool.refresh_every:
             raise ConfigError("mid.continue_from works with a static pool only (pool.refresh_every: 0): a refreshed "
                               "run continues its own segments already")
-    decay = cfg.mid.lr_decay_epochs
+    decay = mid.lr_decay_epochs
     if not all(e > 0 for e in decay) or sorted(set(decay)) != decay:
         raise ConfigError(f"mid.lr_decay_epochs must be a list of increasing positive epoch numbers (e.g. [25]: "
                           f"lr / 10 from epoch 26 on), got {decay!r}")
-    if not 0 < cfg.mid.lr_decay_factor <= 1:
-        raise ConfigError(f"mid.lr_decay_factor must be in (0, 1] (0.1 = a tenth after each decay epoch), got "
-                          f"{cfg.mid.lr_decay_factor}")
-    for section, eps in (("pool.eps", cfg.pool.eps), ("evaluation.eps", cfg.evaluation.eps)):
-        if not 0 < eps <= 1:
-            raise ConfigError(f"{section} must be in (0, 1] (images are in [0, 1]; the paper uses 0.3), got {eps}")
-    for path, value in [
-        ("teacher.epochs", cfg.teacher.epochs), ("teacher.batch_size", cfg.teacher.batch_size), ("teacher.lr", cfg.teacher.lr),
-        ("teacher.num_workers", cfg.teacher.num_workers), ("teacher.worker_cpus", cfg.teacher.worker_cpus),
-        ("pool.steps", cfg.pool.steps), ("pool.block_size", cfg.pool.block_size), ("pool.num_actors", cfg.pool.num_actors),
-        ("pool.actor_cpus", cfg.pool.actor_cpus), ("pool.batch_size", cfg.pool.batch_size),
-        ("mid.epochs", cfg.mid.epochs), ("mid.batch_size", cfg.mid.batch_size), ("mid.lr", cfg.mid.lr),
-        ("mid.inner_lr", cfg.mid.inner_lr), ("mid.temperature", cfg.mid.temperature), ("mid.num_workers", cfg.mid.num_workers),
-        ("mid.worker_cpus", cfg.mid.worker_cpus), ("evaluation.steps", cfg.evaluation.steps),
-        ("pool.step_size", cfg.pool.step_size), ("evaluation.step_size", cfg.evaluation.step_size),
-        ("evaluation.limit", cfg.evaluation.limit), ("evaluation.slow_attack_limit", cfg.evaluation.slow_attack_limit),
-        ("evaluation.batch_size", cfg.evaluation.batch_size), ("data.train_limit", cfg.data.train_limit),
-    ]:
-        _check_positive(value, path)
-    if cfg.evaluation.verdict_pgd_restarts < 0:
-        raise ConfigError(f"evaluation.verdict_pgd_restarts must be >= 0 (0 = no verdict), got {cfg.evaluation.verdict_pgd_restarts}")
-    _check_positive(cfg.evaluation.verdict_pgd_steps, "evaluation.verdict_pgd_steps")
-    _check_positive(cfg.evaluation.verdict_pgd_step_size, "evaluation.verdict_pgd_step_size")
-    if cfg.evaluation.verdict_square_queries < 0:
-        raise ConfigError(f"evaluation.verdict_square_queries must be >= 0 (0 = no Square stage), got "
-                          f"{cfg.evaluation.verdict_square_queries}")
-    _check_positive(cfg.evaluation.verdict_square_restarts, "evaluation.verdict_square_restarts")
-    if cfg.evaluation.verdict_square_queries and not cfg.evaluation.verdict_pgd_restarts:
+    if ev.verdict_square_queries and not ev.verdict_pgd_restarts:
         raise ConfigError("evaluation.verdict_square_queries runs inside the white-box verdict: set "
                           "evaluation.verdict_pgd_restarts >= 1 too (e.g. 2)")
-    if cfg.pool.refresh_every < 0:
-        raise ConfigError(f"pool.refresh_every must be >= 0 (0 = static pool), got {cfg.pool.refresh_every}")
-    if cfg.mid.online_attacks and (cfg.pool.refresh_every or cfg.mid.continue_from):
+    if mid.online_attacks and (pool.refresh_every or mid.continue_from):
         raise ConfigError("mid.online_attacks generates every batch's views against the current model, so there is no "
                           "pool to refresh or continue: set pool.refresh_every: 0 and mid.continue_from: null")
-    if cfg.mid.online_fused:
-        if not cfg.mid.online_attacks:
-            raise ConfigError("mid.online_fused changes how mid.online_attacks generates its views: set "
-                              "mid.online_attacks: true as well, or drop mid.online_fused")
-        unfusable = [a for a in (cfg.mid.attacks or cfg.pool.attacks) if a.split("_")[0] not in ("PGD", "MIM")]
-        if unfusable:
-            raise ConfigError(f"mid.online_fused stacks PGD and MIM views only, and this variant trains on {unfusable} "
-                              "too: set mid.online_fused: false (one attack after the other) or train on PGD/MIM only")
-    if cfg.pool.actor_gpus < 0:
-        raise ConfigError(f"pool.actor_gpus must be >= 0 (0 = CPU actors), got {cfg.pool.actor_gpus}")
-    if cfg.pool.torch_threads < 0 or cfg.mid.torch_threads < 0:
-        raise ConfigError("pool.torch_threads and mid.torch_threads must be >= 0 (0 = automatic)")
-    if cfg.mid.meta_test_weight < 0 or cfg.teacher.recon_weight < 0:
-        raise ConfigError("mid.meta_test_weight and teacher.recon_weight must be >= 0")
-    for prefix, w in (("mid.train_weights", cfg.mid.train_weights), ("mid.test_weights", cfg.mid.test_weights)):
-        for key in ("ac", "cc", "lc"):
-            if getattr(w, key) < 0:
-                raise ConfigError(f"{prefix}.{key} must be >= 0 (0 switches the term off), got {getattr(w, key)}")
-    _check_attacks(cfg.pool.attacks, cfg.pool.eps, cfg.pool.steps, "pool.attacks")
-    if len(cfg.pool.attacks) + 1 < 2:
+    _check_attacks(pool.attacks, pool.steps, "pool.attacks")
+    if len(pool.attacks) + 1 < 2:
         raise ConfigError("pool.attacks must list at least one attack: meta-learning holds one domain out of "
                           "benign + attacks, so it needs at least two domains")
-    if any(name.startswith(("CW", "JSMA", "AA")) for name in cfg.pool.attacks):
-        raise ConfigError("pool.attacks supports PGD, MIM, FGSM and BIM (L-inf, eps-bounded); CW, JSMA and AA are evaluation-only")
-    _check_attacks(cfg.evaluation.attacks, cfg.evaluation.eps, cfg.evaluation.steps, "evaluation.attacks")
-    unknown = set(cfg.evaluation.protocols) - {"paper", "whitebox", "transfer"}
-    if unknown or not cfg.evaluation.protocols:
-        raise ConfigError(f"evaluation.protocols must be a non-empty subset of ['paper', 'whitebox', 'transfer'], got {cfg.evaluation.protocols}")
-    if not VARIANT_NAME.fullmatch(cfg.mid.variant) or cfg.mid.variant in BASE_MODELS:
-        raise ConfigError(f"mid.variant must be lower-case letters, digits, '_' or '-' (starting with a letter) and not one "
-                          f"of {sorted(BASE_MODELS)}, got {cfg.mid.variant!r}")
-    if not cfg.mid.use_distillation and (cfg.mid.use_ac or cfg.mid.use_cc):
+    if any(name.startswith(("CW", "JSMA", "AA")) for name in pool.attacks):
+        raise ConfigError("pool.attacks supports PGD, MIM, FGSM and BIM (L-inf, eps-bounded); CW, JSMA and AA are "
+                          "evaluation-only: remove them from pool.attacks")
+    _check_attacks(ev.attacks, ev.steps, "evaluation.attacks")
+    if not VARIANT_NAME.fullmatch(mid.variant) or mid.variant in BASE_MODELS:
+        raise ConfigError(f"mid.variant must be lower-case letters, digits, '_' or '-' (starting with a letter) and not "
+                          f"one of {sorted(BASE_MODELS)}, got {mid.variant!r}")
+    if not mid.use_distillation and (mid.use_ac or mid.use_cc):
         raise ConfigError("mid.use_distillation: false trains a plain classifier with cross-entropy, which has no teacher "
                           "features for AC/CC; also set mid.use_ac: false and mid.use_cc: false")
-    if cfg.mid.attacks is not None:
-        missing = [a for a in cfg.mid.attacks if a not in cfg.pool.attacks]
-        if missing or not cfg.mid.attacks:
-            raise ConfigError(f"mid.attacks must be a non-empty subset of pool.attacks {cfg.pool.attacks}; "
+    if mid.attacks is not None:
+        missing = [a for a in mid.attacks if a not in pool.attacks]
+        if missing or not mid.attacks:
+            raise ConfigError(f"mid.attacks must be a non-empty subset of pool.attacks {pool.attacks}; "
                               f"{missing or 'empty list'} is not")
-    for path, value in (("at.epochs", cfg.at.epochs), ("at.batch_size", cfg.at.batch_size), ("at.lr", cfg.at.lr),
-                        ("at.steps", cfg.at.steps), ("at.step_size", cfg.at.step_size)):
-        _check_positive(value, path)
-    if not 0 < cfg.at.eps <= 1:
-        raise ConfigError(f"at.eps must be in (0, 1], got {cfg.at.eps}")
-    bad_models = [m for m in cfg.evaluation.models if m not in BASE_MODELS and not VARIANT_NAME.fullmatch(m)]
-    if bad_models or not cfg.evaluation.models:
+    bad_models = [m for m in ev.models if m not in BASE_MODELS and not VARIANT_NAME.fullmatch(m)]
+    if bad_models or not ev.models:
         raise ConfigError(f"evaluation.models must list models from {sorted(BASE_MODELS)} or MID variant names "
-                          f"(mid.variant, e.g. 'mid'), got {cfg.evaluation.models}")
-    if check_data:
+                          f"(mid.variant, e.g. 'mid'), got {ev.models}")
+    if check_data and not cfg.data.download:
         try:
-            if not cfg.data.download:
-                check_data_available(cfg.data.dataset, cfg.data.root)
+            check_data_available(cfg.data.dataset, cfg.data.root)
         except FileNotFoundError as exc:
-            raise ConfigError(str(exc)) from None
+            raise ConfigError(" ".join(str(exc).split())) from None
     return cfg
 
 
 def config_from_dict(raw: Mapping[str, Any], check_data: bool = True) -> ExperimentConfig:
     """Build and validate a config from a mapping (e.g. parsed YAML or a checkpoint's saved config)."""
-    return validate(_build(ExperimentConfig, raw, ""), check_data=check_data)
+    return validate(_build(raw), check_data=check_data)
 
+
+# ---- YAML files, base: inheritance and --set overrides --------------------------------------------------------------
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
@@ -412,43 +541,66 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where} ({' '.join(str(getattr(exc, 'problem', None) or exc).split())})"
+
+
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Parse one config file; a top-level ``base: other.yaml`` (relative to this file) is loaded first and this
-    file's keys are merged over it, so an ablation config states only what it changes."""
+    file's keys are merged over it, so a variant config states only what it changes."""
+    named_by = f" (the base: of {chain[-1]})" if chain else ""
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+        raise ConfigError(f"config file {path}{named_by} does not exist; see configs/ for examples")
     if path.resolve() in chain:
-        raise ConfigError(f"config {path} includes itself through 'base:' ({' -> '.join(str(c) for c in chain)})")
+        raise ConfigError(f"config {path} includes itself through 'base:' ({' -> '.join(str(c) for c in chain)}); "
+                          "remove one of the base: lines")
     try:
         with path.open() as fh:
-            raw = yaml.safe_load(fh) or {}
+            raw = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where} ({getattr(exc, 'problem', None) or exc}); "
-                          "fix the YAML syntax") from None
+        raise ConfigError(f"config file {path} is not valid YAML{_yaml_problem(exc)}; fix the YAML syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path}{named_by} cannot be read ({' '.join(str(exc).split())}); give the "
+                          "path of a readable YAML file") from None
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data:, mid:, ...), got "
+                          f"{type(raw).__name__}")
     base = raw.pop("base", None)
     if base is None:
         return raw
     if not isinstance(base, str):
-        raise ConfigError(f"{path}: 'base' must be the path of another config file, got {base!r}")
+        raise ConfigError(f"{path}: 'base' must be the path of another config file, got {show(base)}")
     return _deep_merge(_read_yaml(path.parent / base, (*chain, path.resolve())), raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``key.sub=value`` override to the raw mapping (the value is parsed as YAML)."""
+    key, sep, value = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. mid.epochs=10)")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML{_yaml_problem(exc)}; quote it or fix "
+                          "its syntax") from None
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])!r} is a value, not a section; set "
+                              f"{'.'.join(parts[:i + 1])}=... instead")
+    node[parts[-1]] = parsed
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None, check_data: bool = True) -> ExperimentConfig:
     """Load a YAML config (following ``base:``), apply ``key.sub=value`` overrides (values parsed as YAML), validate."""
     raw = _read_yaml(Path(path))
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, value = item.split("=", 1)
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        apply_override(raw, item)
     return config_from_dict(raw, check_data=check_data)

@@ -1,7 +1,7 @@
 """Is an AutoAttack figure inflated by gradient masking? Standard AutoAttack, then a much longer Square on what survives.
 
-    python scripts/square_probe.py --model models/mnist_classic/mid_online_em_random.pt --dataset mnist \
-        --limit 1000 --queries 20000 --restarts 2 --out runs/square_probe/mid_online_em_random.json
+    python scripts/square_probe.py --model models/mnist_lenet5_classic_20k/mid_online_elementmean_randominit_12ep.pt --dataset mnist \
+        --limit 1000 --queries 20000 --restarts 2 --out runs/square_probe/mid_online.json
 
 Loads a zoo or run checkpoint with ``mid_core.load_robust_model``, takes the first ``--limit`` test images, and runs
 the stages of ``mid_core.square_probe`` (clean, AutoAttack's gradient attacks, its standard Square, a strong

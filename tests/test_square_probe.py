@@ -74,7 +74,7 @@ def test_cli_prints_and_writes_the_figures(tmp_path, capsys):
     main = _cli_main()
 
     out = tmp_path / "probe.json"
-    assert main(["--model", str(REPO / "models" / "mnist_classic" / "teacher.pt"), "--dataset", "mnist", "--limit", "4",
+    assert main(["--model", str(REPO / "models" / "mnist_lenet5_classic_20k" / "teacher.pt"), "--dataset", "mnist", "--limit", "4",
                  "--queries", "5001", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == {**json.loads(out.read_text()), "total_seconds": printed["total_seconds"]}

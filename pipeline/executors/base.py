@@ -52,7 +52,8 @@ class WorkerContext(Protocol):
         ``(n, C, H, W)``, ``label`` int64 ``(n,)``, ``adv_<attack>`` uint8 ``(n, C, H, W)``), in the planned order."""
 
     def report(self, metrics: Mapping[str, Any]) -> None:
-        """Hand one epoch's metrics to the executor (Ray Train's bookkeeping; a no-op in one process)."""
+        """Hand a finished training function's last metrics to the executor (Ray Train's bookkeeping; a no-op in
+        one process)."""
 
 
 class Executor(Protocol):

@@ -81,6 +81,17 @@ class RayContext:
         ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
 
 
+def _data_context() -> Any:
+    """Ray Data's context for this driver: its own progress output off (the stage shows one tqdm bar per store),
+    blocks delivered in order (the training stage plans the order)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True
+    return ctx
+
+
 def _train_loop(loop_config: dict[str, Any]) -> None:
     """Ray Train's loop function: build the worker context and call the stage's training function."""
     meta = loop_config["_executor"]
@@ -101,6 +112,7 @@ class RayExecutor:
         from pipeline.stages.pool import BlockGenerator
 
         init_ray()
+        _data_context()
         actors = max(1, min(actors, len(blocks)))
         ds = ray.data.from_items([{"block": b} for b in blocks], override_num_blocks=len(blocks))
         kwargs = {**generator_kwargs, "device": "cuda" if actor_gpus > 0 else "cpu",
@@ -116,7 +128,6 @@ class RayExecutor:
 
     def train(self, fn: str, loop_config: dict[str, Any], resources: WorkerResources, *, name: str,
               store: str | None = None, block_order: list[int] | None = None, max_failures: int = 0) -> None:
-        import ray.data
         from ray.train import FailureConfig, RunConfig
         from ray.train.torch import TorchTrainer
 
@@ -125,7 +136,7 @@ class RayExecutor:
         init_ray()
         datasets = {}
         if store is not None:
-            ray.data.DataContext.get_current().execution_options.preserve_order = True
+            _data_context()
             datasets["train"] = read_store(store, block_order)
         scaling, torch_config = train_scaling(resources.workers, resources.cpus, resources.use_gpu)
         meta = {"fn": fn, "use_gpu": resources.use_gpu, "torch_threads": resources.torch_threads,

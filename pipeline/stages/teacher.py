@@ -87,7 +87,6 @@ def train_base_model(ctx: WorkerContext, cfg: ExperimentConfig, role: str, seed:
             metrics["recon_r2"] = reconstruction_r2(model, test_images)
         metrics["epoch_seconds"] = time.perf_counter() - t0
         logger.log({f"{role}/{name}": value for name, value in metrics.items()}, step=epoch)
-        ctx.report({"role": role, "epoch": epoch + 1, **metrics})
         if ctx.rank == 0:
             log.info("%s epoch %d/%d %s", role, epoch + 1, epochs, " ".join(f"{n}={v:.4f}" for n, v in metrics.items()))
     if ctx.rank == 0:
@@ -96,6 +95,7 @@ def train_base_model(ctx: WorkerContext, cfg: ExperimentConfig, role: str, seed:
             log.warning("%s: %s", role, warning)
         save_checkpoint(checkpoint, model, kind="teacher" if teacher_like else "standard", backbone=cfg.model.backbone,
                         config=cfg.to_dict(), metrics={**metrics, "seed": seed}, in_channels=in_ch, num_classes=k)
+    ctx.report({"role": role, **metrics})
     return metrics
 
 
