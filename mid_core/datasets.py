@@ -5,6 +5,10 @@ multiples of 1/255 (the store keeps 8-bit images, so clean images are 8-bit too)
 
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, offline), resized to 1x28x28;
   a fixed stratified split (seed 0) gives 1,437 train / 360 test images.
+* ``colour_digits``: an embedded colour stand-in (3x32x32, 10 classes; ``mid_core.colour_datasets``), NOT CIFAR: it
+  lets the colour / ResNet path run end to end offline.
+* ``cifar10``, ``cifar100``, ``svhn``, ``tinyimagenet``, ``imagenet100``, ``imagenet``: the paper's colour data sets
+  (``mid_core.colour_datasets``; torchvision downloads or ImageFolder trees under the data root).
 * ``mnist`` / ``fmnist``: torchvision's MNIST / FashionMNIST read from ``data_root`` with ``download=False``
   (set ``download=True`` on a machine with network). A raw folder holding only the official ``.gz`` files (as
   downloaded, e.g. carried to a machine with little disk) is read directly, without torchvision.
@@ -22,9 +26,22 @@ import torch
 import torch.nn.functional as F
 
 DATA_ROOT_ENV = "MID_DATA_ROOT"
-DATASETS = ("digits", "mnist", "fmnist")
-NUM_CLASSES = {"digits": 10, "mnist": 10, "fmnist": 10}
-IMAGE_SHAPES = {"digits": (1, 28, 28), "mnist": (1, 28, 28), "fmnist": (1, 28, 28)}
+DATASETS = ("digits", "mnist", "fmnist", "colour_digits", "cifar10", "cifar100", "svhn", "tinyimagenet", "imagenet100",
+            "imagenet")
+NUM_CLASSES = {"digits": 10, "mnist": 10, "fmnist": 10, "colour_digits": 10, "cifar10": 10, "cifar100": 100,
+               "svhn": 10, "tinyimagenet": 200, "imagenet100": 100, "imagenet": 1000}
+IMAGE_SHAPES = {"digits": (1, 28, 28), "mnist": (1, 28, 28), "fmnist": (1, 28, 28), "colour_digits": (3, 32, 32),
+                "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "svhn": (3, 32, 32), "tinyimagenet": (3, 64, 64),
+                "imagenet100": (3, 224, 224), "imagenet": (3, 224, 224)}
+# L-inf budget per data set (images in [0, 1]): the paper's value (it writes eps = 0.3 for every data set) and the
+# community convention (RobustBench: 8/255 for CIFAR-scale images, 4/255 for ImageNet). Numbers under the two are
+# not comparable: the paper's CIFAR-10 figures are not RobustBench's.
+EPS = {
+    "paper": {name: 0.3 for name in DATASETS},
+    "standard": {"digits": 0.3, "mnist": 0.3, "fmnist": 0.3, "colour_digits": 8 / 255, "cifar10": 8 / 255,
+                 "cifar100": 8 / 255, "svhn": 8 / 255, "tinyimagenet": 8 / 255, "imagenet100": 4 / 255,
+                 "imagenet": 4 / 255},
+}
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fmnist": "FashionMNIST"}
 
 
@@ -56,8 +73,12 @@ def check_data_available(name: str, data_root: str | os.PathLike | None = None) 
     """Fail early, with a fix, when ``name`` cannot be read offline from the data root."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")
-    if name == "digits":
+    if name in ("digits", "colour_digits"):
         return
+    if name in COLOUR_SETS:
+        from mid_core.colour_datasets import check_colour_data
+
+        return check_colour_data(name, resolve_data_root(data_root))
     root = resolve_data_root(data_root)
     raw = root / _TORCHVISION_FOLDERS[name] / "raw"
     missing = [f for f in _IDX_FILES if not (raw / f).exists() and not (raw / f"{f}.gz").exists()]
@@ -69,6 +90,7 @@ def check_data_available(name: str, data_root: str | os.PathLike | None = None) 
         )
 
 
+COLOUR_SETS = ("cifar10", "cifar100", "svhn", "tinyimagenet", "imagenet100", "imagenet")
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -141,6 +163,14 @@ def load_dataset(name: str, split: str, data_root: str | os.PathLike | None = No
         raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
     if name == "digits":
         return load_digits(split)
+    if name == "colour_digits":
+        from mid_core.colour_datasets import load_colour_digits
+
+        return load_colour_digits(split)
+    if name in COLOUR_SETS:
+        from mid_core.colour_datasets import load_colour_set
+
+        return load_colour_set(name, split, resolve_data_root(data_root), download)
     if name in _TORCHVISION_FOLDERS:
         return load_torchvision(name, split, data_root, download)
     raise ValueError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")

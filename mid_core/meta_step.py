@@ -161,6 +161,26 @@ def meta_step(
         if not train_domains:
             raise ValueError("meta-learning needs at least two domains: one known, one held out")
 
+    with _double_backward_attention(not config.first_order and config.use_meta):
+        return _step(student, teacher, views, labels, held_out, config, names, params, module_buffers, teacher_log_p,
+                     buffers_copy, train_domains)
+
+
+def _double_backward_attention(needed: bool):
+    """The math kernel of scaled-dot-product attention while ``needed``: the fused kernels (flash, memory-efficient)
+    have no double backward, which the second-order step takes through a ViT. A no-op for attention-free models."""
+    import contextlib
+
+    if not needed:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _step(student, teacher, views, labels, held_out, config, names, params, module_buffers, teacher_log_p,
+          buffers_copy, train_domains) -> StepResult:
+    """The body of ``meta_step`` once the inputs are checked and the held-out domain is known."""
     train_buffers = buffers_copy()
     l_train, terms = _domain_losses(
         student, params, train_buffers, teacher, teacher_log_p,

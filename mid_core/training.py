@@ -41,7 +41,7 @@ def teacher_epoch(
     recon_weight: float = 1.0,
     average_gradients: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, float]:
-    """One epoch of CE + ``recon_weight`` * reconstruction.
+    """One epoch of CE + ``recon_weight`` * reconstruction (CE only for a teacher without a decoder).
 
     ``average_gradients(teacher)``, when given, runs between backward and the optimizer step (several workers
     average their gradients there). Returns mean loss terms and training accuracy over the epoch.
@@ -51,7 +51,7 @@ def teacher_epoch(
     for images, labels in batches:
         logits, recon = teacher(images)
         ce = F.cross_entropy(logits, labels)
-        rec = reconstruction_loss(recon, images, recon_loss)
+        rec = reconstruction_loss(recon, images, recon_loss) if recon is not None else logits.new_zeros(())
         loss = ce + recon_weight * rec
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

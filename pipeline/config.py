@@ -83,6 +83,10 @@ class DataConfig(_Section):
                                     "`./data`. Checked before any work starts.")
     download: bool = _field(False, "Let torchvision download a missing data set (needs network access); off so a "
                                    "missing data root is reported instead of fetched silently.")
+    eps_convention: Literal["paper", "standard"] = _field(
+        "paper", "Which L-inf eps the attacks default to (`mid_core.datasets.EPS`): `paper` = 0.3 on every data set as "
+                 "the paper writes; `standard` = the community's (0.3 MNIST-like, 8/255 CIFAR-10/100, SVHN, "
+                 "Tiny-ImageNet, 4/255 ImageNet). Numbers under the two are not comparable.")
     train_limit: int | None = _field(None, "Use only the first N training images (for iterating quickly; label "
                                            "results accordingly); null = the full training set.", gt=0)
 
@@ -90,8 +94,15 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """The network architecture shared by the teacher, the MID student and the baselines."""
 
-    backbone: str = _field("lenet5", "Backbone name from `mid_core.models.BACKBONES` (`lenet5`: the paper's "
-                                     "LeNet-5 encoder and classifier head).")
+    backbone: str = _field("lenet5", "Backbone registered in `mid_core.backbones` (each with its image size): "
+                                     "`lenet5` (the official code's 32/64 LeNet-5; `lenet5_classic` 6/16), `resnet18` "
+                                     "(CIFAR-10), `resnet50` (SVHN), `densenet121` (CIFAR-100), all three with the CIFAR "
+                                     "stem; `convnext_b` (Tiny-ImageNet, 64x64), `vit_s` (ImageNet-100) and `vit_b` "
+                                     "(ImageNet-1K) at 224x224, without decoder (set `mid.use_cc: false`); `<name>_tiny`: "
+                                     "small widths of the same code for tests and CPU runs.")
+    pretrained: str | None = _field(None, "Initial weights of the encoder and head from a local torchvision ViT state "
+                                          "dict (pretrain, then fine-tune, as the paper's ViTs); null = random init. "
+                                          "ViT backbones only.")
 
 
 class TeacherConfig(_Section):
@@ -125,11 +136,12 @@ class PoolConfig(_Section):
         doc="Attacks that make the pool's domains (next to benign): PGD, MIM, FGSM or BIM, suffix `_N` untargeted "
             "or `_T` targeted. The default is the paper's four; CW, JSMA and AA are evaluation-only.",
         factory=lambda: ["PGD_N", "PGD_T", "MIM_N", "MIM_T"])
-    eps: float = _field(0.3, "L-inf budget of the pool's attacks, in pixel units of images in [0, 1]; 0.3 as in "
-                             "the paper.", gt=0, le=1, hint="images are in [0, 1]; the paper uses 0.3")
+    eps: float | None = _field(None, "L-inf budget of the pool's attacks, in pixel units of images in [0, 1]; null = "
+                                     "the data set's eps under `data.eps_convention` (0.3 on MNIST-like data).",
+                               gt=0, le=1, hint="images are in [0, 1]; the paper uses 0.3")
     steps: int | None = _field(None, "Iterations of PGD, MIM and BIM; null = the paper's defaults (40).", gt=0)
-    step_size: float | None = _field(None, "Step size of PGD, MIM and BIM; null = the paper's defaults (0.01; "
-                                           "BIM 0.05).", gt=0)
+    step_size: float | None = _field(None, "Step size of PGD, MIM and BIM; null = the paper's defaults scaled with "
+                                           "eps (0.01 and BIM 0.05 at eps 0.3).", gt=0)
     block_size: int = _field(256, "Rows per Zarr chunk, which is also the rows per generation task and the unit "
                                   "training reads.", gt=0)
     num_actors: int = _field(1, "Generation actors running in parallel.", gt=0)
@@ -234,10 +246,10 @@ class AdversarialTrainingConfig(_Section):
     epochs: int = _field(10, "Training epochs.", gt=0)
     batch_size: int = _field(128, "Images per step.", gt=0)
     lr: float = _field(1e-3, "Adam learning rate.", gt=0)
-    eps: float = _field(0.3, "L-inf budget of the training PGD (images in [0, 1]); 0.3 as the evaluation.", gt=0,
-                        le=1)
+    eps: float | None = _field(None, "L-inf budget of the training PGD (images in [0, 1]); null = the data set's eps "
+                                     "under `data.eps_convention`, as the evaluation.", gt=0, le=1)
     steps: int = _field(40, "PGD iterations per batch (Madry et al.: 40).", gt=0)
-    step_size: float = _field(0.01, "PGD step size.", gt=0)
+    step_size: float | None = _field(None, "PGD step size; null = eps / 30 (0.01 at eps 0.3).", gt=0)
     seed_offset: int = _field(3000, "The AT model is trained with seed + this offset.")
 
 
@@ -253,8 +265,9 @@ class EvaluationConfig(_Section):
         doc="Attack columns of the tables (`_N` untargeted, `_T` targeted).",
         factory=lambda: ["PGD_N", "PGD_T", "MIM_N", "MIM_T", "FGSM_N", "FGSM_T", "BIM_N", "BIM_T", "CW_N", "CW_T",
                          "AA_N", "JSMA_T"])
-    eps: float = _field(0.3, "L-inf budget of the evaluation attacks (images in [0, 1]); 0.3 as in the paper.", gt=0,
-                        le=1, hint="images are in [0, 1]; the paper uses 0.3")
+    eps: float | None = _field(None, "L-inf budget of the evaluation attacks (images in [0, 1]); null = the data "
+                                     "set's eps under `data.eps_convention` (0.3 on MNIST-like data, as the paper).",
+                               gt=0, le=1)
     steps: int | None = _field(None, "Iterations of PGD, MIM and BIM; null = the paper's defaults (40).", gt=0)
     step_size: float | None = _field(None, "Step size of PGD, MIM and BIM; null = the paper's defaults.", gt=0)
     limit: int | None = _field(None, "Evaluate on the first N test images; null = the full test set.", gt=0)
@@ -303,6 +316,20 @@ class ExperimentConfig(_Section):
     at: AdversarialTrainingConfig = _field(doc="The adversarial-training (AT) baseline.", factory=AdversarialTrainingConfig)
     evaluation: EvaluationConfig = _field(doc="Stage 4: evaluation and tables.", factory=EvaluationConfig)
     tracking: TrackingConfig = _field(doc="Where runs are tracked (MLflow).", factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _resolve_eps(self) -> "ExperimentConfig":
+        """Fill every eps left null with the data set's eps under ``data.eps_convention``, and the AT step size with
+        eps / 30; explicit values win."""
+        from mid_core.datasets import EPS
+
+        eps = EPS[self.data.eps_convention].get(self.data.dataset, 0.3)
+        for section in (self.pool, self.evaluation, self.at):
+            if section.eps is None:
+                object.__setattr__(section, "eps", eps)
+        if self.at.step_size is None:
+            object.__setattr__(self.at, "step_size", self.at.eps / 30)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain nested dicts, lists and scalars (JSON- and YAML-able; ``config_from_dict`` reads it)."""
@@ -507,6 +534,17 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
     if not VARIANT_NAME.fullmatch(mid.variant) or mid.variant in BASE_MODELS:
         raise ConfigError(f"mid.variant must be lower-case letters, digits, '_' or '-' (starting with a letter) and not "
                           f"one of {sorted(BASE_MODELS)}, got {mid.variant!r}")
+    if cfg.model.pretrained is not None:
+        if not cfg.model.backbone.startswith("vit"):
+            raise ConfigError(f"model.pretrained loads torchvision ViT weights; backbone {cfg.model.backbone!r} is not a "
+                              "ViT: set model.pretrained: null")
+        if check_data and not Path(cfg.model.pretrained).is_file():
+            raise ConfigError(f"model.pretrained {cfg.model.pretrained!r} is not a file; on a machine with network save "
+                              "torchvision's weights there (python -c \"import torch, torchvision; torch.save(torchvision."
+                              "models.vit_b_16(weights='IMAGENET1K_V1').state_dict(), 'vit_b_16.pth')\") or set it to null")
+    if not BACKBONES[cfg.model.backbone].has_decoder and mid.use_cc and (mid.train_weights.cc or mid.test_weights.cc):
+        raise ConfigError(f"model.backbone {cfg.model.backbone!r} has no decoder, so there is no cyclic consistency (CC): "
+                          "set mid.use_cc: false (MID then uses AC + LC, as the paper does for its ViTs)")
     if not mid.use_distillation and (mid.use_ac or mid.use_cc):
         raise ConfigError("mid.use_distillation: false trains a plain classifier with cross-entropy, which has no teacher "
                           "features for AC/CC; also set mid.use_ac: false and mid.use_cc: false")

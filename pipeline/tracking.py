@@ -1,8 +1,14 @@
-"""MLflow tracking: one experiment per data set, one run per stage, tagged for side-by-side comparison.
+"""MLflow tracking: one experiment per data set, one run per stage and one per evaluated model, tagged for
+side-by-side comparison.
 
 The driver of each stage owns its run (params, tags, artifacts); training workers log step metrics into that run
-by id (``RunLogger``, rank 0 only). Where MLflow is not installed (a bare machine running the single-process
-executor) the same calls go to a run that records nothing, and every output still lands under ``output_dir``.
+by id (``RunLogger``, rank 0 only). The evaluation adds one run per evaluated model (``log_evaluated_models``),
+named ``<config>/evaluate:<model>``, tagged ``method`` (``none`` for the undefended teacher / standard models,
+``at``, ``mid``, ``mid[no-meta,...]``), ``protocol``, ``dataset``, ``backbone`` and ``pool``, with the same metric
+names for every method (``clean_acc``, ``robust_acc/<protocol>/<attack>``): selecting them in the UI's compare view
+puts the defenses of one data set side by side. Where MLflow is not installed (a bare machine running the
+single-process executor) the same calls go to a run that records nothing, and every output still lands under
+``output_dir``.
 
 Failure policy: the tracking store is checked when a stage starts (``check_tracking``); if it cannot be reached
 the stage fails at once with a message, before any compute is spent.
@@ -13,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +38,18 @@ class TrackingUnavailable(UserError):
 
 def mlflow_available() -> bool:
     return importlib.util.find_spec("mlflow") is not None
+
+
+_METRIC_KEY_BAD = re.compile(r"[^\w./ -]")
+_MAX_KEY = 250  # MLflow's limit on metric names
+
+
+def metric_key(name: str) -> str:
+    """``name`` as a metric name MLflow accepts on every platform: characters other than letters, digits, ``_``,
+    ``-``, ``.``, space and ``/`` become ``_``, and empty, ``.`` or ``..`` path parts (which MLflow refuses as
+    names that resolve to other names) become ``_``; at most 250 characters."""
+    parts = _METRIC_KEY_BAD.sub("_", name).split("/")
+    return "/".join("_" if p in ("", ".", "..") else p for p in parts)[:_MAX_KEY]
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -125,7 +144,7 @@ class StageRun:
         if self.run_id is not None and metrics:
             import mlflow
 
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+            mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: str | Path, folder: str) -> None:
         if self.run_id is not None:
@@ -142,9 +161,12 @@ class StageRun:
 
 @contextmanager
 def stage_run(cfg: ExperimentConfig, stage: str, method: str, extra_tags: Mapping[str, str] | None = None,
-              key: str | None = None) -> Iterator[StageRun]:
+              key: str | None = None, log_config: bool = True) -> Iterator[StageRun]:
     """Open the MLflow run of one stage: named ``<config>/<key>`` (key defaults to the stage; a MID variant's
-    name for ablations), tagged, with the config as params; its id is recorded under ``key``."""
+    name for ablations, ``evaluate:<model>`` for an evaluated model), tagged ``stage``, ``method``, ``dataset``,
+    ``backbone``, ``pool`` (the pool's source model, which the ``paper`` protocol's test set is attacked on too)
+    and ``extra_tags`` (which override the others), with the config as params (``log_config``); its id is
+    recorded under ``key``."""
     if not mlflow_available():
         log.info("%s: MLflow is not installed; nothing is tracked (outputs are under %s)", stage, cfg.output_dir)
         yield StageRun(None, None)
@@ -155,11 +177,13 @@ def stage_run(cfg: ExperimentConfig, stage: str, method: str, extra_tags: Mappin
     parent = _load_run_ids(cfg).get(PARENT_STAGE.get(stage, ""), "")
     tags = {
         "stage": stage, "method": method, "dataset": cfg.data.dataset, "backbone": cfg.model.backbone,
-        "config_name": cfg.name, "parent_run": parent, "output_dir": str(ExperimentPaths.of(cfg).root),
+        "pool": cfg.pool.source, "config_name": cfg.name, "parent_run": parent,
+        "output_dir": str(ExperimentPaths.of(cfg).root),
         **dict(extra_tags or {}),
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{cfg.name}/{key or stage}", tags=tags) as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg.to_dict()).items()})
+        if log_config:
+            mlflow.log_params({k: str(v)[:500] for k, v in _flatten(cfg.to_dict()).items()})
         _save_run_id(cfg, key or stage, run.info.run_id)
         yield StageRun(run.info.run_id, cfg.tracking_uri())
 
@@ -181,4 +205,51 @@ class RunLogger:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+        self.client.log_batch(self.run_id,
+                              metrics=[Metric(metric_key(k), float(v), ts, step) for k, v in metrics.items()])
+
+
+# ------------------------------------------------------------------------------------------------ evaluated models
+
+VERDICT_METRICS = {"pgd_restarts": "verdict_pgd_restarts", "per_sample_worst_case": "verdict_worst_case",
+                   "worst_case_with_square": "verdict_worst_case_with_square"}  # verdict key -> metric under whitebox/
+
+
+def model_metrics(rows: list[Mapping[str, Any]], columns: list[str]) -> dict[str, dict[str, float]]:
+    """The metrics of each evaluated model (model -> name -> accuracy in [0, 1]) from the evaluation's rows (one
+    per (protocol, model), ``columns`` as in the table): ``clean_acc`` (the ``benign`` column; every protocol scores
+    the same images), ``robust_acc/<protocol>/<column>`` for every other column (the attacks, the two means, the
+    worst case) and, where a white-box verdict ran, ``robust_acc/whitebox/verdict_*``. The names are the same for
+    every method, so MLflow's compare view lines the models up metric by metric."""
+    out: dict[str, dict[str, float]] = {}
+    for row in rows:
+        metrics = out.setdefault(row["model"], {})
+        metrics.setdefault("clean_acc", float(row["benign"]))
+        for column in columns:
+            if column != "benign":
+                metrics[metric_key(f"robust_acc/{row['protocol']}/{column}")] = float(row[column])
+        for key, name in VERDICT_METRICS.items():
+            value = (row.get("verdict") or {}).get(key)
+            if value is not None:
+                metrics[metric_key(f"robust_acc/{row['protocol']}/{name}")] = float(value)
+    return out
+
+
+def log_evaluated_models(cfg: ExperimentConfig, rows: list[Mapping[str, Any]], columns: list[str],
+                         methods: Mapping[str, str], parent_run: str | None = None) -> dict[str, str | None]:
+    """One MLflow run per evaluated model, ``<config>/evaluate:<model>``, with ``model_metrics`` and the tags
+    ``model``, ``method`` (``methods[model]``, else the model's name), ``protocol`` (the protocols it was scored
+    under, comma-separated) and ``parent_run`` (the evaluation's run, which holds the config as params: the same
+    for every model, they would only push the metrics down the compare view), besides ``stage_run``'s; returns
+    model -> run id (None without MLflow). Runs are top-level, not nested, so the runs page lists them all."""
+    protocols: dict[str, list[str]] = {}
+    for row in rows:
+        protocols.setdefault(row["model"], []).append(row["protocol"])
+    run_ids: dict[str, str | None] = {}
+    for model, metrics in model_metrics(rows, columns).items():
+        tags = {"model": model, "protocol": ",".join(dict.fromkeys(protocols[model])), "parent_run": parent_run or ""}
+        with stage_run(cfg, "evaluate", method=methods.get(model, model), extra_tags=tags,
+                       key=f"evaluate:{model}", log_config=False) as run_:
+            run_.log_metrics(metrics)
+        run_ids[model] = run_.run_id
+    return run_ids

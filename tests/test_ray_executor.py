@@ -1,7 +1,8 @@
 """The Ray executor (Ray Data actors, Ray Train workers) gives what the single-process executor gives.
 
-One experiment at tiny size through both executors: the same stores byte for byte, the same weights (one training
-worker) and the same evaluation table. Then what only Ray has: several training workers in lockstep, and a
+One experiment at tiny size through both executors, on the colour path (the embedded colour_digits stand-in, a
+small-width ResNet-18 with BatchNorm): the same stores byte for byte, the same weights (one training worker) and the
+same evaluation table. Then what only Ray has: several training workers in lockstep, and a
 generation actor killed mid-run.
 """
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.paths import ExperimentPaths
 
-from test_experiment import TINY, assert_same_weights, inputs_of
+from test_experiment import REPO, assert_same_weights, inputs_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
-SMALL = ["--set", "teacher.epochs=2", "--set", "mid.epochs=2", "--set", "evaluation.limit=100",
-         "--set", "evaluation.attacks=[PGD_N, MIM_T]", "--set", "evaluation.protocols=[paper, whitebox]"]
+TINY = REPO / "configs" / "tiny_colour_test.yaml"
+SMALL: list[str] = []
 
 
 def stores_of(root: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -71,7 +72,7 @@ def test_two_training_workers_end_every_step_with_identical_parameters(both, tmp
                  "--set", "mid.epochs=1", "--set", "mid.num_workers=2", "--set", "mid.verify_sync=true"]) == 0
     metrics = read_checkpoint(out / "models" / "mid.pt")["metrics"]
     assert metrics["world_size"] == 2 and metrics["max_param_divergence"] == 0.0
-    assert metrics["steps"] == 11  # each step takes one batch per worker
+    assert metrics["steps"] == 2  # 128 images, batch 32: each step takes one batch per worker
 
 
 @pytest.mark.slow

@@ -35,7 +35,8 @@ def default_spec(name: str, **overrides: Any) -> AttackSpec:
     """The paper / official-code spec for a table column ``"<KIND>_<N|T>"``, e.g. ``"PGD_N"``, ``"JSMA_T"``.
 
     ``overrides`` replace fields (not ``name``, ``kind`` or ``targeted``) and are validated
-    (eps in (0, 1], steps > 0, step_size > 0, ...). For FGSM, ``step_size`` follows ``eps``.
+    (eps in (0, 1], steps > 0, step_size > 0, ...). For FGSM, ``step_size`` follows ``eps``; for PGD, MIM and BIM
+    a given ``eps`` without a ``step_size`` scales the default step with it (0.01 at 0.3 -> 0.01 * 8/255 / 0.3 at 8/255).
     """
     if not isinstance(name, str) or name.count("_") != 1:
         raise ValueError(f"unknown attack {name!r}; valid names: {_valid_names()}")
@@ -71,5 +72,7 @@ def default_spec(name: str, **overrides: Any) -> AttackSpec:
         base["norm"] = "l0"
     if kind == "autoattack" and overrides.get("autoattack_attacks") is not None and "autoattack_version" not in overrides:
         base["autoattack_version"] = "custom"
+    if "eps" in overrides and "step_size" not in overrides and kind in ("pgd", "mim", "bim"):
+        base["step_size"] *= overrides["eps"] / base["eps"]  # the paper's steps are for eps 0.3: keep steps / eps
     base.update(overrides)
     return AttackSpec(name=name, kind=kind, targeted=(suffix == "T"), **base)

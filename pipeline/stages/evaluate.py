@@ -14,7 +14,8 @@ the first ``evaluation.limit`` test images, CW and JSMA on the first ``evaluatio
 header says so). A fixed test store is used only if it was attacked on the model in use now and holds exactly the
 rows the config asks for. Evaluation runs in the calling process (it needs no workers), so both executors give the
 same table. Writes ``table.md``, ``table.csv``, ``results.json`` and ``heatmap.png`` under
-``<output_dir>/evaluation`` and logs them to MLflow.
+``<output_dir>/evaluation`` and logs them to MLflow, with one run per evaluated model (``clean_acc``,
+``robust_acc/<protocol>/<attack>``) for side-by-side comparison.
 """
 from __future__ import annotations
 
@@ -201,13 +202,39 @@ def square_stage(cfg: ExperimentConfig, model: torch.nn.Module, images: torch.Te
             "worst_case_with_square": float(robust.float().mean()), "square_seconds": time.perf_counter() - t0}
 
 
+UNDEFENDED = frozenset({"teacher", "standard", "substitute"})  # base models trained without any defense
+
+
+def model_method(cfg: ExperimentConfig, model: str) -> str:
+    """The defense behind an evaluated model, as MLflow's ``method`` tag: ``none`` (teacher, standard, substitute),
+    ``at``, or a MID variant's ``method_name`` read from the config saved in its checkpoint (``mid`` when that
+    config is absent or no longer valid)."""
+    from mid_core.checkpoint import read_checkpoint
+    from pipeline.config import ConfigError, config_from_dict
+    from pipeline.stages.mid import method_name
+
+    if model in UNDEFENDED:
+        return "none"
+    if model == "at":
+        return "at"
+    saved = read_checkpoint(require_model(cfg, model)).get("config")
+    try:
+        return method_name(config_from_dict(saved, check_data=False)) if saved else "mid"
+    except ConfigError:
+        return "mid"
+
+
 def run(cfg: ExperimentConfig) -> dict[str, Path]:
-    """Evaluate, write the tables and log them (and every cell as a metric) to MLflow."""
+    """Evaluate, write the tables and log them (and every cell as a metric) to MLflow: the evaluation's run holds
+    the tables, the heat map and every cell; each evaluated model gets a run of its own (``log_evaluated_models``)
+    for the UI's compare view."""
     from mid_core.datasets import load_dataset
-    from pipeline.tracking import stage_run
+    from pipeline.tracking import log_evaluated_models, stage_run
 
     paths = ExperimentPaths.of(cfg)
-    with stage_run(cfg, "evaluate", method="evaluation", extra_tags={"protocols": ",".join(cfg.evaluation.protocols)}) as run_:
+    protocols = ",".join(cfg.evaluation.protocols)
+    with stage_run(cfg, "evaluate", method="evaluation",
+                   extra_tags={"protocols": protocols, "protocol": protocols}) as run_:
         t0 = time.perf_counter()
         rows = evaluate_models(cfg)
         n_test = len(load_dataset(cfg.data.dataset, "test", cfg.data.root, cfg.data.download))
@@ -218,4 +245,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Path]:
         for f in files.values():
             run_.log_artifact(f, "evaluation")
         log.info("robustness table (%s):\n%s", files["md"], files["md"].read_text())
+    if run_.run_id is not None:
+        log_evaluated_models(cfg, rows, column_names(cfg), {m: model_method(cfg, m) for m in cfg.evaluation.models},
+                             parent_run=run_.run_id)
     return files

@@ -57,7 +57,12 @@ def train_base_model(ctx: WorkerContext, cfg: ExperimentConfig, role: str, seed:
     in_ch, k = images.shape[1], NUM_CLASSES[cfg.data.dataset]
     teacher_like = role in ("teacher", "substitute")
     build = Teacher if teacher_like else StandardClassifier
-    model = build.from_backbone(cfg.model.backbone, in_ch, k).to(device)
+    model = build.from_backbone(cfg.model.backbone, in_ch, k)
+    if cfg.model.pretrained:
+        from mid_core.backbones.vit import load_torchvision_weights
+
+        load_torchvision_weights(model.encoder, model.classifier, cfg.model.pretrained)
+    model = model.to(device)
     ctx.broadcast_parameters(model)
     is_at = role == "at"
     epochs, batch_size, lr = (cfg.at.epochs, cfg.at.batch_size, cfg.at.lr) if is_at else \
@@ -83,7 +88,7 @@ def train_base_model(ctx: WorkerContext, cfg: ExperimentConfig, role: str, seed:
         else:
             metrics = classifier_epoch(model, batches, optimizer, average_gradients=ctx.average_gradients)
         metrics["test_accuracy"] = accuracy(as_classifier, test_images, test_labels)
-        if teacher_like:
+        if teacher_like and model.decoder is not None:
             metrics["recon_r2"] = reconstruction_r2(model, test_images)
         metrics["epoch_seconds"] = time.perf_counter() - t0
         logger.log({f"{role}/{name}": value for name, value in metrics.items()}, step=epoch)
