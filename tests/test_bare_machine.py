@@ -14,7 +14,7 @@ for name in ("ray", "zarr", "mlflow"):
     sys.modules[name] = None  # import fails as if not installed
 from pipeline.cli import main
 code = main(["run", "--config", sys.argv[1], "--executor", "local", "--set", "output_dir=" + sys.argv[2],
-             "--set", "teacher.epochs=1", "--set", "mid.epochs=1", "--set", "evaluation.limit=50",
+             "--set", "teacher.epochs=1", "--set", "mid.epochs=1", "--set", "evaluation.limit=50", "--set", "data.train_limit=256",
              "--set", "evaluation.attacks=[PGD_N, FGSM_N]"])
 loaded = sorted(m for m in ("ray", "zarr", "mlflow") if sys.modules.get(m) is not None)
 print("LOADED", loaded)

@@ -13,7 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("name", sorted(str(p.relative_to(REPO / "configs").with_suffix("")) for p in (REPO / "configs").rglob("*.yaml")))
 def test_shipped_configs_load(name):
-    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    from mid_core.datasets import COLOUR_SETS
+
+    cfg = load_config(REPO / "configs" / f"{name}.yaml", check_data=False)
+    if cfg.data.dataset not in COLOUR_SETS:  # those need data this machine does not have (tests/test_paper_configs.py)
+        cfg = load_config(REPO / "configs" / f"{name}.yaml")
     if "/" in name:  # a variant of the experiment its folder is named after: same name and output_dir, own mid.variant
         experiment, variant = name.split("/")
         assert (cfg.name, cfg.mid.variant) == (experiment, variant)

@@ -64,6 +64,7 @@ def test_both_executors_give_the_same_table(both):
     assert strip == [{k: v for k, v in r.items() if k != "sanity_warnings"} for r in tables["ray"]]
 
 
+@pytest.mark.slow  # ~40 s of Ray Train start-up; .ci/run runs it after the default suite
 def test_two_training_workers_end_every_step_with_identical_parameters(both, tmp_path):
     from mid_core.checkpoint import read_checkpoint
 
