@@ -41,6 +41,7 @@ class ConfigError(ValueError):
 BASE_MODELS = frozenset({"teacher", "substitute", "standard", "at"})  # models trained by the teacher stage
 VARIANT_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 PROTOCOLS = ("paper", "whitebox", "transfer")
+ANALYSIS_FIGURES = ("reconstruction", "regeneration", "gradients", "tsne", "sparsity", "attention", "frequency")
 
 def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
@@ -291,6 +292,39 @@ class EvaluationConfig(_Section):
     verdict_square_restarts: int = _field(1, "Restarts of that Square stage.", gt=0)
 
 
+class AnalysisConfig(_Section):
+    """Stage 5: the paper's analysis figures (Figs. 7-14), each a PNG with its numbers as JSON under
+    `<output_dir>/analysis/`, on the first test images. Attacked inputs come from the `paper` test store where it
+    holds them, else are computed against the pool's source model, as that store's are."""
+
+    figures: list[Literal[ANALYSIS_FIGURES]] = _field(  # type: ignore[valid-type]
+        doc="Figures to make: `reconstruction` (Fig. 7, the teacher's D_t(E_t(x)) and R²), `regeneration` (Fig. 11, "
+            "D_t(E_s(x_adv)) of MID next to the teacher's D_t(E_t(x_adv)), PSNR / SSIM, the teacher's accuracy on "
+            "them), `gradients` (Fig. 8, input gradients), `tsne` (Fig. 9, encoder features), `sparsity` (Fig. 10, "
+            "Σθ² of the student per epoch), `attention` (Fig. 12, Grad-CAM) and `frequency` (Figs. 13-14, accuracy "
+            "on low- and high-pass filtered inputs). [] = none (`mid run` then skips the stage).",
+        factory=lambda: list(ANALYSIS_FIGURES))
+    images: int = _field(256, "Analyse the first N test images (every number is computed on all of them).", gt=0)
+    attacks: list[str] | None = _field(
+        None, "Attacks shown and measured next to benign; null = `pool.attacks`, then the other "
+              "`evaluation.attacks` except the slow CW, JSMA and AA.")
+    show: int = _field(8, "Images shown in the reconstruction figure.", gt=0)
+    grid_images: int = _field(2, "Images shown per attack in the regeneration, gradient and attention grids (each "
+                                 "a block of rows).", gt=0)
+    tsne_images: int = _field(128, "Images per domain (benign and each t-SNE attack) embedded by t-SNE.", gt=2)
+    tsne_attacks: list[str] | None = _field(
+        None, "Attacks embedded next to benign in the t-SNE figure (from the analysed attacks); null = the first "
+              "pool attack and the first attack outside the pool (a known and an unknown one, as Fig. 9).")
+    tsne_perplexity: float = _field(30.0, "t-SNE perplexity (lowered for small point sets).", gt=0)
+    frequency_radii: list[int] = _field(
+        doc="Cut-off radii R of the FFT filters, in frequency indices (R = 0: the low-pass image is the mean; "
+            "the paper uses 0-16 on 32x32 images).", factory=lambda: list(range(17)), min_length=1)
+    mid_model: str | None = _field(None, "The MID variant analysed (`models/<name>.pt`); null = `mid.variant`.")
+    undefended: Literal["teacher", "standard"] = _field(
+        "teacher", "The undefended baseline the defenses are compared with: the teacher (E_t then C_t) or the "
+                   "standard classifier.")
+
+
 class TrackingConfig(_Section):
     """MLflow tracking."""
 
@@ -315,6 +349,7 @@ class ExperimentConfig(_Section):
     mid: MidConfig = _field(doc="Stage 3: MID meta-training.", factory=MidConfig)
     at: AdversarialTrainingConfig = _field(doc="The adversarial-training (AT) baseline.", factory=AdversarialTrainingConfig)
     evaluation: EvaluationConfig = _field(doc="Stage 4: evaluation and tables.", factory=EvaluationConfig)
+    analysis: AnalysisConfig = _field(doc="Stage 5: the analysis figures.", factory=AnalysisConfig)
     tracking: TrackingConfig = _field(doc="Where runs are tracked (MLflow).", factory=TrackingConfig)
 
     @model_validator(mode="after")
@@ -497,6 +532,15 @@ def _check_attacks(names: list[str], steps: int | None, path: str) -> None:
         raise ConfigError(f"{path} lists an attack twice: {names}; list each once")
 
 
+def analysis_attacks(cfg: ExperimentConfig) -> list[str]:
+    """The attacks the analysis stage shows: ``analysis.attacks``, else ``pool.attacks`` followed by the other
+    ``evaluation.attacks`` except CW, JSMA and AA (seconds per image)."""
+    if cfg.analysis.attacks is not None:
+        return list(cfg.analysis.attacks)
+    rest = [a for a in cfg.evaluation.attacks if a not in cfg.pool.attacks and not a.startswith(("CW", "JSMA", "AA"))]
+    return [*cfg.pool.attacks, *rest]
+
+
 def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig:
     """Check every value of ``cfg`` (again, so attribute writes are covered too), then the names against the
     registries and the settings that depend on each other; raise ``ConfigError`` with a fix on the first problem."""
@@ -531,6 +575,18 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
         raise ConfigError("pool.attacks supports PGD, MIM, FGSM and BIM (L-inf, eps-bounded); CW, JSMA and AA are "
                           "evaluation-only: remove them from pool.attacks")
     _check_attacks(ev.attacks, ev.steps, "evaluation.attacks")
+    an = cfg.analysis
+    if an.attacks is not None:
+        _check_attacks(an.attacks, ev.steps, "analysis.attacks")
+    if an.tsne_attacks is not None:
+        outside = [a for a in an.tsne_attacks if a not in analysis_attacks(cfg)]
+        if outside or len(set(an.tsne_attacks)) != len(an.tsne_attacks):
+            raise ConfigError(f"analysis.tsne_attacks must list analysed attacks once each ({analysis_attacks(cfg)}); "
+                              f"{outside or an.tsne_attacks} is not: add them to analysis.attacks or remove them")
+    if any(r < 0 for r in an.frequency_radii):
+        raise ConfigError(f"analysis.frequency_radii must be cut-off radii >= 0, got {an.frequency_radii}")
+    if an.mid_model is not None and (not VARIANT_NAME.fullmatch(an.mid_model) or an.mid_model in BASE_MODELS):
+        raise ConfigError(f"analysis.mid_model must name a MID variant (mid.variant, e.g. 'mid'), got {an.mid_model!r}")
     if not VARIANT_NAME.fullmatch(mid.variant) or mid.variant in BASE_MODELS:
         raise ConfigError(f"mid.variant must be lower-case letters, digits, '_' or '-' (starting with a letter) and not "
                           f"one of {sorted(BASE_MODELS)}, got {mid.variant!r}")

@@ -19,7 +19,8 @@ from pipeline.paths import ExperimentPaths
 
 from test_experiment import REPO, assert_same_weights, inputs_of
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
+# ~3 min of Ray start-ups: outside the default suite; .ci/run runs this module right after it
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1200)]
 TINY = REPO / "configs" / "tiny_colour_test.yaml"
 SMALL: list[str] = []
 
@@ -64,7 +65,6 @@ def test_both_executors_give_the_same_table(both):
     assert strip == [{k: v for k, v in r.items() if k != "sanity_warnings"} for r in tables["ray"]]
 
 
-@pytest.mark.slow  # ~40 s of Ray Train start-up; .ci/run runs it after the default suite
 def test_two_training_workers_end_every_step_with_identical_parameters(both, tmp_path):
     from mid_core.checkpoint import read_checkpoint
 

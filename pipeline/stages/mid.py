@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 ONLINE_SEED_OFFSET = 7_777_777  # online views draw from attack_seed(seed + this, step, attack)
 KEEP_STATES = 2  # training states kept per variant (the latest ones)
+SPARSITY_METRIC = "encoder_sq_sum"  # per-epoch metric: Σθ² of the deployed encoder E_s (the analysis stage's Fig. 10)
 
 
 def meta_config(cfg: ExperimentConfig) -> Any:
@@ -222,6 +223,7 @@ def _views(batch: dict[str, np.ndarray], attacks: list[str], device: torch.devic
 
 def train_worker(ctx: WorkerContext, loop_config: dict[str, Any]) -> None:
     """Training function: MID epochs ``[start, loop_config["end_epoch"])`` on one pool version (see module doc)."""
+    from mid_core.analysis.sparsity import squared_weight_sum
     from mid_core.checkpoint import atomic_torch_save, load_teacher, save_checkpoint
     from mid_core.datasets import NUM_CLASSES, load_dataset
     from mid_core.evaluation import accuracy
@@ -312,6 +314,7 @@ def train_worker(ctx: WorkerContext, loop_config: dict[str, Any]) -> None:
             metrics["attack_seconds"] = attack_seconds
         metrics.update({f"held_out_count/{d}": c for d, c in held_counts.items()})
         metrics["val_clean_accuracy"] = accuracy(deployed, val_x, val_y)
+        metrics[SPARSITY_METRIC] = squared_weight_sum(deployed.encoder)  # the paper's sparsity index (Fig. 10)
         student.train()
         logger.log({n: v for n, v in metrics.items() if not n.startswith("held_out")}, step=epoch)
         if ctx.rank == 0:
