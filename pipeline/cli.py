@@ -5,6 +5,7 @@
     mid pool     --config C [--no-test-stores]   adversarial pool and fixed test sets     (jobs/generate_pool.py)
     mid train    --config C [--force]            MID training of mid.variant             (jobs/train_mid.py)
     mid evaluate --config C                      the three protocols, tables, heat map    (jobs/evaluate.py)
+    mid analyze  --config C                      the paper's analysis figures (Figs. 7-14) (jobs/analyze.py)
     mid zoo      --config C [--models M ...]     copy evaluated models into models/<name>/
     mid inspect  STORE [--verify]                what is in an adversarial store
 
@@ -25,7 +26,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.errors import UserError
 
 log = logging.getLogger("pipeline.cli")
-COMMANDS = ("run", "teacher", "pool", "train", "evaluate", "zoo", "inspect")
+COMMANDS = ("run", "teacher", "pool", "train", "evaluate", "analyze", "zoo", "inspect")
 
 
 def _config_parser(sub: argparse._SubParsersAction, name: str, help_: str) -> argparse.ArgumentParser:
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _config_parser(sub, "train", "train the MID variant mid.variant on the pool")
     p.add_argument("--force", action="store_true", help="retrain from scratch even if models/<mid.variant>.pt exists")
     _config_parser(sub, "evaluate", "score every model of evaluation.models under every protocol")
+    _config_parser(sub, "analyze", "the paper's analysis figures (analysis.figures) under <output_dir>/analysis")
     p = _config_parser(sub, "zoo", "copy evaluated models and their measured rows into models/<name>/")
     p.add_argument("--models", nargs="*", default=None, help="models to export (default: evaluation.models)")
     p.add_argument("--dest", type=Path, default=None, help="destination folder (default: models/<config name>)")
@@ -103,6 +105,10 @@ def dispatch(args: argparse.Namespace) -> None:
         from pipeline.stages import evaluate
 
         evaluate.run(cfg)
+    elif args.command == "analyze":
+        from pipeline.stages import analyze
+
+        analyze.run(cfg)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -117,7 +117,7 @@ class TeacherConfig(_Section):
         "bce", "Decoder reconstruction loss. The paper says L1, but L1 and L2 collapsed the MNIST decoders (see "
                "`mid_core.training`), so the default is binary cross-entropy.")
     recon_weight: float = _field(1.0, "Weight of the reconstruction loss next to the classification loss; 0 "
-                                      "switches it off.", ge=0, hint="0 switches the term off")
+                                      "switches it off (required for backbones without decoder: the ViTs).", ge=0, hint="0 switches the term off")
     substitute_seed_offset: int = _field(1000, "The substitute model (the transfer protocol's attack source) is "
                                                "trained with seed + this offset, so it differs from the teacher.")
     standard_seed_offset: int = _field(2000, "Seed offset of the separate standard classifier (used by "
@@ -318,7 +318,7 @@ class AnalysisConfig(_Section):
     tsne_perplexity: float = _field(30.0, "t-SNE perplexity (lowered for small point sets).", gt=0)
     frequency_radii: list[int] = _field(
         doc="Cut-off radii R of the FFT filters, in frequency indices (R = 0: the low-pass image is the mean; "
-            "the paper uses 0-16 on 32x32 images).", factory=lambda: list(range(17)), min_length=1)
+            "the paper sweeps 0-16 on 32x32 images).", factory=lambda: list(range(0, 17, 2)), min_length=1)
     mid_model: str | None = _field(None, "The MID variant analysed (`models/<name>.pt`); null = `mid.variant`.")
     undefended: Literal["teacher", "standard"] = _field(
         "teacher", "The undefended baseline the defenses are compared with: the teacher (E_t then C_t) or the "
@@ -601,6 +601,9 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
     if not BACKBONES[cfg.model.backbone].has_decoder and mid.use_cc and (mid.train_weights.cc or mid.test_weights.cc):
         raise ConfigError(f"model.backbone {cfg.model.backbone!r} has no decoder, so there is no cyclic consistency (CC): "
                           "set mid.use_cc: false (MID then uses AC + LC, as the paper does for its ViTs)")
+    if not BACKBONES[cfg.model.backbone].has_decoder and cfg.teacher.recon_weight > 0:
+        raise ConfigError(f"model.backbone {cfg.model.backbone!r} has no decoder, so the teacher has no reconstruction "
+                          "loss: set teacher.recon_weight: 0")
     if not mid.use_distillation and (mid.use_ac or mid.use_cc):
         raise ConfigError("mid.use_distillation: false trains a plain classifier with cross-entropy, which has no teacher "
                           "features for AC/CC; also set mid.use_ac: false and mid.use_cc: false")

@@ -1,6 +1,7 @@
 """LeNet-5 backbones for 1x28x28 images (MNIST, Fashion-MNIST, digits; paper Tables 2-3)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from mid_core.backbones import BackboneParts, register_backbone

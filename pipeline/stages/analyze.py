@@ -381,9 +381,10 @@ def _metric_history(cfg: ExperimentConfig, variant: str, key: str) -> dict[int, 
 
 
 def sparsity_points(cfg: ExperimentConfig, variant: str, teacher: Any) -> dict[int, dict[str, Any]]:
-    """epoch -> {value, source} of the MID student's Σθ² (its encoder): the per-epoch metric its training logged to
-    MLflow, else computed from the epoch checkpoints left in ``training/<variant>/`` and from
-    ``models/<variant>.pt``; epoch 0 is the teacher's encoder when the student started from it."""
+    """epoch -> {value, source} of the MID student's Σθ² (its encoder): the per-epoch metric its training logged
+    (MLflow's history of every epoch, else the metrics of the epoch checkpoints left in ``training/<variant>/`` and
+    of ``models/<variant>.pt``; computed from their weights for checkpoints that predate the metric); epoch 0 is the
+    teacher's encoder when the student started from it."""
     from mid_core.analysis import squared_weight_sum
     from mid_core.checkpoint import load_classifier, read_checkpoint
     from pipeline.stages.mid import SPARSITY_METRIC
@@ -397,9 +398,12 @@ def sparsity_points(cfg: ExperimentConfig, variant: str, teacher: Any) -> dict[i
         points[0] = {"value": squared_weight_sum(teacher.encoder), "source": "the teacher's encoder (student start)"}
     files = sorted(paths.training(variant).glob("deployed_epoch*.pt"))
     for path in [*files, final]:
-        epoch = int(read_checkpoint(path).get("metrics", {}).get("epoch", 0))
-        if epoch > 0:
-            points[epoch] = {"value": squared_weight_sum(load_classifier(path).encoder), "source": str(path)}
+        metrics = read_checkpoint(path).get("metrics", {})
+        epoch = int(metrics.get("epoch", 0))
+        if epoch > 0 and SPARSITY_METRIC in metrics:
+            points[epoch] = {"value": float(metrics[SPARSITY_METRIC]), "source": f"{path} metric {SPARSITY_METRIC}"}
+        elif epoch > 0:
+            points[epoch] = {"value": squared_weight_sum(load_classifier(path).encoder), "source": f"{path} weights"}
     for epoch, value in _metric_history(cfg, variant, SPARSITY_METRIC).items():
         points[epoch] = {"value": value, "source": f"MLflow metric {SPARSITY_METRIC}"}
     return dict(sorted(points.items()))

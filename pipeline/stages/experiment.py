@@ -22,9 +22,10 @@ def variant_config(config: Path, overrides: list[str], variant: str) -> Experime
 
 
 def run_experiment(config: Path, overrides: list[str], variants: list[str], executor: Executor) -> None:
-    """Teacher stage, pool, MID, each variant, evaluation (the variants added to the evaluated models); each stage's
-    wall time is appended to ``<output_dir>/stage_times.tsv``. Every config is validated before any work."""
-    from pipeline.stages import evaluate, mid, pool, teacher
+    """Teacher stage, pool, MID, each variant, evaluation (the variants added to the evaluated models), then the
+    analysis figures (unless ``analysis.figures`` is empty); each stage's wall time is appended to
+    ``<output_dir>/stage_times.tsv``. Every config is validated before any work."""
+    from pipeline.stages import analyze, evaluate, mid, pool, teacher
 
     cfg = load_config(config, overrides)
     variant_cfgs = [variant_config(config, overrides, v) for v in variants]
@@ -49,5 +50,7 @@ def run_experiment(config: Path, overrides: list[str], variants: list[str], exec
     for v in variant_cfgs:
         timed(v.mid.variant, lambda v=v: mid.run(v, executor))
     timed("evaluate", lambda: evaluate.run(eval_cfg))
+    if cfg.analysis.figures:
+        timed("analyze", lambda: analyze.run(eval_cfg))
     log.info("done: robustness table %s (also table.csv, results.json, heatmap.png); MLflow runs in %s",
              cfg.out / "evaluation" / "table.md", cfg.tracking_uri())
