@@ -244,7 +244,7 @@ def regeneration_figure(inp: AnalysisInputs, out: Path) -> list[Path]:
                   [Panel(regen[d][0][i]) for d in inp.domains],
                   [Panel(regen[d][1][i]) for d in inp.domains]]
         rows += [f"#{i} input", "perturbation", "MID D_t(E_s(x))", "teacher D_t(E_t(x))"]
-    cols = [f"{d}\nMID {numbers[d]['student']['psnr_db']:.1f} dB / teacher {numbers[d]['teacher']['psnr_db']:.1f}"
+    cols = [f"{d}\nMID {numbers[d]['student']['psnr_db']:.1f} dB\nteacher {numbers[d]['teacher']['psnr_db']:.1f} dB"
             for d in inp.domains]
     png = image_grid(out / "regeneration.png", cells, rows, cols,
                      f"robust regeneration (MID = {inp.roles['mid']}): PSNR against the clean image, "
