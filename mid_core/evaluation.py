@@ -4,9 +4,13 @@ Protocols (see DESIGN.md): ``evaluate_attack`` is the *white-box* protocol (the 
 scored model itself); ``score_fixed_adversarial`` scores precomputed images, i.e. the *paper* protocol
 (fixed sets generated on the pool's source model) and the *transfer* protocol (sets generated on a substitute).
 
+Threat models: ``threat_model_summary`` turns the per-image outcomes of a row's budgeted attacks (L-inf, L2, L1)
+into per-norm worst cases and their union (robust only if every attack of every norm fails on the image).
+
 Sanity checks, in the spirit of ``autoattack/checks.py`` (Croce & Hein): robust accuracy never above clean
-accuracy, perturbations inside eps, more attack steps never raising accuracy, and signs of gradient masking
-(zero / non-finite input gradients, random noise beating PGD, PGD raising the loss no more than noise).
+accuracy, perturbations inside eps (in the attack's norm), more attack steps never raising accuracy, and signs of
+gradient masking (zero / non-finite input gradients, random noise beating PGD, PGD raising the loss no more than
+noise).
 Each check returns human-readable messages; ``run_sanity_checks`` also emits them as ``SanityWarning``.
 """
 from __future__ import annotations
@@ -20,11 +24,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .attacks import AttackSpec, default_spec, frozen_eval, random_targets, run_attack
+from .attacks import AttackSpec, default_spec, frozen_eval, perturbation_size, random_targets, run_attack
 from .quantize import from_uint8, quantize_adversarial
 
 BENIGN_KEYS = ("benign", "clean")
 SUMMARY_COLUMNS = ("mean_attacks", "mean_with_benign", "worst_case")  # computed by summarize_row
+BUDGET_NORMS = ("linf", "l2", "l1")  # the norms with a per-norm worst case (threat_model_summary)
+THREAT_MODEL_KEYS = ("worst_linf", "worst_l2", "worst_l1", "union")  # computed by threat_model_summary
 
 
 def _model_device(model: nn.Module, default: torch.device) -> torch.device:
@@ -182,6 +188,47 @@ def summarize_row(accuracies: Mapping[str, float]) -> dict:
     return row
 
 
+def threat_model_summary(clean_correct: torch.Tensor, correct: Mapping[str, torch.Tensor],
+                         norms: Mapping[str, str]) -> dict:
+    """Per-sample worst cases of a row over threat models.
+
+    ``clean_correct``: bool ``(N,)``, the model right on the clean images; ``correct``: attack name -> bool ``(N,)``,
+    the model right on that attack's adversarial images (the same N images for every attack); ``norms``: attack
+    name -> the norm its budget is in (``AttackSpec.norm``). Attacks in a norm outside ``BUDGET_NORMS`` are ignored.
+
+    * ``worst_<norm>`` (``worst_linf``, ``worst_l2``, ``worst_l1``): the fraction of images the model gets right
+      clean and under every attack of that norm; ``None`` when no attack has that norm.
+    * ``union``: the fraction right clean and under every attack of every norm, i.e. the per-image AND of the
+      per-norm worst cases; so it is never above any of them. ``None`` without any budgeted attack.
+    * ``<key>_over``: the attack names each one is taken over.
+    """
+    summary: dict = {}
+    union = clean_correct.clone()
+    over: list[str] = []
+    for norm in BUDGET_NORMS:
+        names = [name for name in correct if norms[name] == norm]
+        robust = clean_correct.clone()
+        for name in names:
+            robust &= correct[name].to(robust.device)
+        summary[f"worst_{norm}"] = float(robust.float().mean()) if names else None
+        summary[f"worst_{norm}_over"] = names
+        union &= robust
+        over += names
+    summary["union"] = float(union.float().mean()) if over else None
+    summary["union_over"] = over
+    return summary
+
+
+def budgeted_outcomes(model: nn.Module, labels: torch.Tensor, adversarial: Mapping[str, torch.Tensor],
+                      specs: Mapping[str, AttackSpec], batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Attack name -> bool ``(N,)``, the model right on that attack's adversarial images ``(N, C, H, W)``, for the
+    attacks of ``adversarial`` whose spec has a budget in one of ``BUDGET_NORMS`` (``threat_model_summary``'s
+    ``correct``)."""
+    return {name: predict(model, adv, batch_size) == labels.to(adv.device)
+            for name, adv in adversarial.items()
+            if specs[name].budget_eps is not None and specs[name].norm in BUDGET_NORMS}
+
+
 # --------------------------------------------------------------------------------------------------------
 # Sanity checks
 
@@ -204,11 +251,15 @@ def check_robust_not_above_clean(clean_acc: float, robust: Mapping[str, float], 
 
 
 def check_perturbation_within_eps(clean: torch.Tensor, adversarial: torch.Tensor, eps: float,
-                                  tol: float = 1 / 255 + 1e-6, *, name: str = "attack") -> list[str]:
-    """Every adversarial image lies within L-inf ``eps`` (+ ``tol``) of its clean image, in [0, 1], and is finite.
+                                  tol: float | None = None, *, name: str = "attack", norm: str = "linf") -> list[str]:
+    """Every adversarial image lies within ``eps`` (+ ``tol``) of its clean image in ``norm`` (``linf``, ``l2`` or
+    ``l1``), in [0, 1], and is finite.
 
-    Float or uint8 inputs; the default ``tol`` of one 8-bit level allows for images quantised by rounding.
+    Float or uint8 inputs. ``tol=None`` is one 8-bit level for L-inf (images quantised by rounding) and
+    ``1e-4 * eps`` for L2 / L1 (float rounding of the attacks' projections; those outputs are not quantised).
     """
+    if tol is None:
+        tol = 1 / 255 + 1e-6 if norm == "linf" else 1e-4 * eps + 1e-6
     clean_f = _as_float_images(clean).to(torch.float32)
     adv_f = _as_float_images(adversarial).to(device=clean_f.device, dtype=torch.float32)
     if clean_f.shape != adv_f.shape:
@@ -218,10 +269,11 @@ def check_perturbation_within_eps(clean: torch.Tensor, adversarial: torch.Tensor
     if not bool(finite.all()):
         messages.append(f"[perturbation] {name}: {int((~finite).sum())} images contain NaN or inf")
     adv_f = torch.nan_to_num(adv_f, nan=0.0, posinf=1.0, neginf=0.0)
-    per_image = (adv_f - clean_f).abs().flatten(1).amax(1) if adv_f.numel() else adv_f.new_zeros(0)
+    per_image = perturbation_size(adv_f - clean_f, norm) if adv_f.numel() else adv_f.new_zeros(0)
     over = per_image > eps + tol
     if bool(over.any()):
-        messages.append(f"[perturbation] {name}: {int(over.sum())} of {len(per_image)} images exceed L-inf "
+        label = {"linf": "L-inf", "l2": "L2", "l1": "L1"}[norm]
+        messages.append(f"[perturbation] {name}: {int(over.sum())} of {len(per_image)} images exceed {label} "
                         f"eps={eps:.6f} (max {float(per_image.max()):.6f}, tolerance {tol:.6f})")
     if adv_f.numel() and (float(adv_f.min()) < -1e-6 or float(adv_f.max()) > 1 + 1e-6):
         messages.append(f"[perturbation] {name}: pixels outside [0, 1] "
@@ -337,7 +389,7 @@ def run_sanity_checks(*, clean_accuracy: float | None = None, robust: Mapping[st
 
     * ``clean_accuracy`` + ``robust``: ``check_robust_not_above_clean``.
     * ``clean_images`` + ``adversarial`` (name -> images) + ``specs`` (name -> spec): the eps check for each
-      attack with an L-inf bound.
+      attack with a budget, in its norm (L-inf, L2 or L1; ``AttackSpec.budget_eps``).
     * ``model`` + ``images`` + ``labels``: ``check_gradient_masking`` at ``masking_eps`` (skip with None) and
       ``check_more_steps_not_better`` for each of ``more_steps_specs``.
     """
@@ -347,8 +399,9 @@ def run_sanity_checks(*, clean_accuracy: float | None = None, robust: Mapping[st
     if clean_images is not None and adversarial:
         for name, adv in adversarial.items():
             spec = (specs or {}).get(name)
-            if spec is not None and spec.linf_eps is not None:
-                messages += check_perturbation_within_eps(clean_images, adv, spec.linf_eps, name=name)
+            if spec is not None and spec.budget_eps is not None and spec.norm in BUDGET_NORMS:
+                messages += check_perturbation_within_eps(clean_images, adv, spec.budget_eps, name=name,
+                                                          norm=spec.norm)
     if model is not None and images is not None and labels is not None:
         if masking_eps is not None:
             messages += check_gradient_masking(model, images, labels, masking_eps, seed,

@@ -38,7 +38,7 @@ class ConfigError(ValueError):
     """A configuration problem; the message (one line) names the key and how to fix it."""
 
 
-BASE_MODELS = frozenset({"teacher", "substitute", "standard", "at"})  # models trained by the teacher stage
+BASE_MODELS = frozenset({"teacher", "substitute", "standard", "at", "trades"})  # models trained by the teacher stage
 VARIANT_NAME = re.compile(r"[a-z][a-z0-9_-]*")
 PROTOCOLS = ("paper", "whitebox", "transfer")
 ANALYSIS_FIGURES = ("reconstruction", "regeneration", "gradients", "tsne", "sparsity", "attention", "frequency")
@@ -140,6 +140,10 @@ class PoolConfig(_Section):
     eps: float | None = _field(None, "L-inf budget of the pool's attacks, in pixel units of images in [0, 1]; null = "
                                      "the data set's eps under `data.eps_convention` (0.3 on MNIST-like data).",
                                gt=0, le=1, hint="images are in [0, 1]; the paper uses 0.3")
+    eps_l2: float | None = _field(None, "L2 budget of `AAL2_N` and `DDN_N` (images in [0, 1]); null = 1.5, a budget "
+                                        "for 28x28 MNIST-scale images.", gt=0)
+    eps_l1: float | None = _field(None, "L1 budget of `APGDL1_N` (images in [0, 1]); null = 12, a budget for 28x28 "
+                                        "MNIST-scale images.", gt=0)
     steps: int | None = _field(None, "Iterations of PGD, MIM and BIM; null = the paper's defaults (40).", gt=0)
     step_size: float | None = _field(None, "Step size of PGD, MIM and BIM; null = the paper's defaults scaled with "
                                            "eps (0.01 and BIM 0.05 at eps 0.3).", gt=0)
@@ -216,8 +220,9 @@ class MidConfig(_Section):
         None, "Continue the finished MID variant of this name (same experiment) for more epochs: start from its last "
               "training state (student, optimizer, epoch, step) instead of from the teacher, which equals one longer "
               "run. Needs a static pool. null = start fresh.")
-    num_workers: int = _field(1, "Data-parallel training workers; each takes its share of every batch and the "
-                                 "gradients are averaged.", gt=0)
+    num_workers: int = _field(1, "Data-parallel training workers; each takes its share of the blocks (of the pool, or "
+                                 "of the training images when the views are generated during training) in batches "
+                                 "of `batch_size`, and the gradients are averaged every step.", gt=0)
     worker_cpus: float = _field(0.5, "CPUs reserved per worker.", gt=0)
     use_gpu: bool = _field(False, "One GPU per worker, gradients all-reduced with NCCL; off = CPU with gloo.")
     torch_threads: int = _field(0, "Torch threads per worker; 0 = automatic (machine cores / workers).", ge=0,
@@ -233,6 +238,13 @@ class MidConfig(_Section):
         False, "Generate each batch's attack views against the current deployed model just before its step instead "
                "of reading the pool (adaptive MID), in either executor. The views are never stale, at the cost of "
                "the attacks every step; there is no pool to refresh or continue.")
+    attack_refresh_steps: int = _field(
+        0, "Generate the attack views during training, like `online_attacks`, but against a frozen snapshot of the "
+           "deployed model refreshed every K steps, one window ahead (double buffering): each epoch is cut into "
+           "windows of K steps; the views of window w+1 are made against the model at the start of window w, those "
+           "of window 0 against the model at the epoch's start. A step's views are therefore K to 2K-1 steps old "
+           "(0 to K-1 in an epoch's first window; recorded per epoch as `attack_staleness_steps`). 0 = off.", ge=0,
+        hint="0 = off; K >= 1 refreshes the attacked model every K steps")
 
     def lr_at(self, epoch: int) -> float:
         """The outer (Adam) learning rate of 0-based epoch ``epoch``: ``lr`` decayed by ``lr_decay_factor`` once for
@@ -254,6 +266,15 @@ class AdversarialTrainingConfig(_Section):
     seed_offset: int = _field(3000, "The AT model is trained with seed + this offset.")
 
 
+class TradesConfig(AdversarialTrainingConfig):
+    """TRADES (Zhang et al. 2019) adversarial training of a standard classifier (a baseline; trained when
+    `evaluation.models` lists `trades`): CE on the clean batch + `beta` x KL(clean || adversarial), the adversarial
+    view found by PGD on that KL. The same budget fields as `at`, so equal-budget comparisons set the same values."""
+
+    beta: float = _field(6.0, "Weight of the KL (robustness) term: 6 is the TRADES paper's MNIST / CIFAR setting, "
+                              "1 favours clean accuracy.", gt=0)
+
+
 class EvaluationConfig(_Section):
     """Stage 4: the robustness tables: which models, attacks and protocols."""
 
@@ -263,12 +284,24 @@ class EvaluationConfig(_Section):
             "fixed test set attacked on the independently trained substitute (Table 3).", factory=lambda: list(PROTOCOLS),
         min_length=1)
     attacks: list[str] = _field(
-        doc="Attack columns of the tables (`_N` untargeted, `_T` targeted).",
+        doc="Attack columns of the tables (`_N` untargeted, `_T` targeted): the paper's (`PGD`, `MIM`, `FGSM`, `BIM`, "
+            "`CW`, `JSMA`, `AA`) and the white-box threat-model columns `AAL2_N` (AutoAttack, L2), `APGDL1_N` "
+            "(AutoAttack's L1 APGD), `DDN_N` (L2, minimum-norm: an image counts as robust when DDN fails or needs "
+            "more than `eps_l2`), `FAB_N` (L-inf, `eps`) and `STADV_N` (stAdv, spatial, no budget). Those five are "
+            "computed on the scored model only: list them with `protocols: [whitebox]` (the paper and transfer "
+            "protocols score fixed stores of L-inf attacks; a config that mixes them is refused). A whitebox row also "
+            "reports the per-sample worst case of each norm (`worst_linf`, `worst_l2`, `worst_l1`) and their `union`: "
+            "an image counts only if it survives every budgeted column of the row (CW, JSMA and STADV have no budget "
+            "and are left out).",
         factory=lambda: ["PGD_N", "PGD_T", "MIM_N", "MIM_T", "FGSM_N", "FGSM_T", "BIM_N", "BIM_T", "CW_N", "CW_T",
                          "AA_N", "JSMA_T"])
     eps: float | None = _field(None, "L-inf budget of the evaluation attacks (images in [0, 1]); null = the data "
                                      "set's eps under `data.eps_convention` (0.3 on MNIST-like data, as the paper).",
                                gt=0, le=1)
+    eps_l2: float | None = _field(None, "L2 budget of `AAL2_N` and `DDN_N` (images in [0, 1]); null = 1.5, a budget "
+                                        "for 28x28 MNIST-scale images.", gt=0)
+    eps_l1: float | None = _field(None, "L1 budget of `APGDL1_N` (images in [0, 1]); null = 12, a budget for 28x28 "
+                                        "MNIST-scale images.", gt=0)
     steps: int | None = _field(None, "Iterations of PGD, MIM and BIM; null = the paper's defaults (40).", gt=0)
     step_size: float | None = _field(None, "Step size of PGD, MIM and BIM; null = the paper's defaults.", gt=0)
     limit: int | None = _field(None, "Evaluate on the first N test images; null = the full test set.", gt=0)
@@ -276,8 +309,8 @@ class EvaluationConfig(_Section):
                                           "tables label it).", gt=0)
     batch_size: int = _field(256, "Images per attack batch.", gt=0)
     models: list[str] = _field(
-        doc="Table rows: `teacher` (undefended), `standard`, `substitute`, `at` (Madry AT) or any MID variant name "
-            "(`mid.variant`).", factory=lambda: ["teacher", "mid"])
+        doc="Table rows: `teacher` (undefended), `standard`, `substitute`, `at` (Madry AT), `trades` (TRADES) or "
+            "any MID variant name (`mid.variant`).", factory=lambda: ["teacher", "mid"])
     verdict_pgd_restarts: int = _field(
         0, "White-box verdict (whitebox protocol): PGD with this many random restarts, and each model's per-sample "
            "worst case over every L-inf attack of its row (AutoAttack included) on the first `limit` images; "
@@ -348,6 +381,7 @@ class ExperimentConfig(_Section):
     pool: PoolConfig = _field(doc="Stage 2: the adversarial pool.", factory=PoolConfig)
     mid: MidConfig = _field(doc="Stage 3: MID meta-training.", factory=MidConfig)
     at: AdversarialTrainingConfig = _field(doc="The adversarial-training (AT) baseline.", factory=AdversarialTrainingConfig)
+    trades: TradesConfig = _field(doc="The TRADES baseline.", factory=TradesConfig)
     evaluation: EvaluationConfig = _field(doc="Stage 4: evaluation and tables.", factory=EvaluationConfig)
     analysis: AnalysisConfig = _field(doc="Stage 5: the analysis figures.", factory=AnalysisConfig)
     tracking: TrackingConfig = _field(doc="Where runs are tracked (MLflow).", factory=TrackingConfig)
@@ -355,15 +389,16 @@ class ExperimentConfig(_Section):
     @model_validator(mode="after")
     def _resolve_eps(self) -> "ExperimentConfig":
         """Fill every eps left null with the data set's eps under ``data.eps_convention``, and the AT step size with
-        eps / 30; explicit values win."""
+        eps / 30 (AT and TRADES); explicit values win."""
         from mid_core.datasets import EPS
 
         eps = EPS[self.data.eps_convention].get(self.data.dataset, 0.3)
-        for section in (self.pool, self.evaluation, self.at):
+        for section in (self.pool, self.evaluation, self.at, self.trades):
             if section.eps is None:
                 object.__setattr__(section, "eps", eps)
-        if self.at.step_size is None:
-            object.__setattr__(self.at, "step_size", self.at.eps / 30)
+        for section in (self.at, self.trades):
+            if section.step_size is None:
+                object.__setattr__(section, "step_size", section.eps / 30)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -532,12 +567,26 @@ def _check_attacks(names: list[str], steps: int | None, path: str) -> None:
         raise ConfigError(f"{path} lists an attack twice: {names}; list each once")
 
 
+def _check_whitebox_only(names: list[str], protocols: list[str]) -> None:
+    from mid_core.attacks import WHITEBOX_ONLY_COLUMNS
+
+    fixed = [p for p in protocols if p != "whitebox"]
+    only = [a for a in names if a in WHITEBOX_ONLY_COLUMNS]
+    if fixed and only:
+        raise ConfigError(f"evaluation.attacks: {only} are white-box only (computed on the scored model), but "
+                          f"evaluation.protocols {fixed} score fixed stores of L-inf attacks: set evaluation.protocols: "
+                          "[whitebox] or remove them from evaluation.attacks")
+
+
 def analysis_attacks(cfg: ExperimentConfig) -> list[str]:
     """The attacks the analysis stage shows: ``analysis.attacks``, else ``pool.attacks`` followed by the other
-    ``evaluation.attacks`` except CW, JSMA and AA (seconds per image)."""
+    ``evaluation.attacks`` except CW, JSMA and AA (seconds per image) and the white-box-only threat-model columns."""
+    from mid_core.attacks import WHITEBOX_ONLY_COLUMNS
+
     if cfg.analysis.attacks is not None:
         return list(cfg.analysis.attacks)
-    rest = [a for a in cfg.evaluation.attacks if a not in cfg.pool.attacks and not a.startswith(("CW", "JSMA", "AA"))]
+    rest = [a for a in cfg.evaluation.attacks if a not in cfg.pool.attacks and a not in WHITEBOX_ONLY_COLUMNS
+            and not a.startswith(("CW", "JSMA", "AA"))]
     return [*cfg.pool.attacks, *rest]
 
 
@@ -567,6 +616,12 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
     if mid.online_attacks and (pool.refresh_every or mid.continue_from):
         raise ConfigError("mid.online_attacks generates every batch's views against the current model, so there is no "
                           "pool to refresh or continue: set pool.refresh_every: 0 and mid.continue_from: null")
+    if mid.attack_refresh_steps and mid.online_attacks:
+        raise ConfigError("mid.attack_refresh_steps and mid.online_attacks both generate the views during training: "
+                          "keep one (mid.online_attacks: false for views refreshed every K steps)")
+    if mid.attack_refresh_steps and (pool.refresh_every or mid.continue_from):
+        raise ConfigError("mid.attack_refresh_steps generates the views during training, so there is no pool to "
+                          "refresh or continue: set pool.refresh_every: 0 and mid.continue_from: null")
     _check_attacks(pool.attacks, pool.steps, "pool.attacks")
     if len(pool.attacks) + 1 < 2:
         raise ConfigError("pool.attacks must list at least one attack: meta-learning holds one domain out of "
@@ -575,6 +630,7 @@ def validate(cfg: ExperimentConfig, check_data: bool = True) -> ExperimentConfig
         raise ConfigError("pool.attacks supports PGD, MIM, FGSM and BIM (L-inf, eps-bounded); CW, JSMA and AA are "
                           "evaluation-only: remove them from pool.attacks")
     _check_attacks(ev.attacks, ev.steps, "evaluation.attacks")
+    _check_whitebox_only(ev.attacks, ev.protocols)
     an = cfg.analysis
     if an.attacks is not None:
         _check_attacks(an.attacks, ev.steps, "analysis.attacks")

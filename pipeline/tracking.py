@@ -212,15 +212,19 @@ class RunLogger:
 # ------------------------------------------------------------------------------------------------ evaluated models
 
 VERDICT_METRICS = {"pgd_restarts": "verdict_pgd_restarts", "per_sample_worst_case": "verdict_worst_case",
-                   "worst_case_with_square": "verdict_worst_case_with_square"}  # verdict key -> metric under whitebox/
+                   "worst_case_with_square": "verdict_worst_case_with_square",
+                   "union": "verdict_union"}  # verdict key -> metric under whitebox/
 
 
 def model_metrics(rows: list[Mapping[str, Any]], columns: list[str]) -> dict[str, dict[str, float]]:
     """The metrics of each evaluated model (model -> name -> accuracy in [0, 1]) from the evaluation's rows (one
     per (protocol, model), ``columns`` as in the table): ``clean_acc`` (the ``benign`` column; every protocol scores
     the same images), ``robust_acc/<protocol>/<column>`` for every other column (the attacks, the two means, the
-    worst case) and, where a white-box verdict ran, ``robust_acc/whitebox/verdict_*``. The names are the same for
-    every method, so MLflow's compare view lines the models up metric by metric."""
+    worst case), the per-norm worst cases and their union where a row has them (``robust_acc/whitebox/union``,
+    ``.../worst_l2``, ...) and, where a white-box verdict ran, ``robust_acc/whitebox/verdict_*``. The names are the
+    same for every method, so MLflow's compare view lines the models up metric by metric."""
+    from mid_core.evaluation import THREAT_MODEL_KEYS
+
     out: dict[str, dict[str, float]] = {}
     for row in rows:
         metrics = out.setdefault(row["model"], {})
@@ -228,6 +232,9 @@ def model_metrics(rows: list[Mapping[str, Any]], columns: list[str]) -> dict[str
         for column in columns:
             if column != "benign":
                 metrics[metric_key(f"robust_acc/{row['protocol']}/{column}")] = float(row[column])
+        for key in THREAT_MODEL_KEYS:
+            if row.get(key) is not None:
+                metrics[metric_key(f"robust_acc/{row['protocol']}/{key}")] = float(row[key])
         for key, name in VERDICT_METRICS.items():
             value = (row.get("verdict") or {}).get(key)
             if value is not None:

@@ -43,13 +43,9 @@ def clean_view_blocks(rows: int, attacks: list[str], block_size: int = 32) -> li
     return blocks
 
 
-def run_worker(tmp_path: Path, blocks: list[dict[str, np.ndarray]] | None = None, rows: int = 96,
-               **mid: Any) -> tuple[Path, Any]:
-    """Train the MID worker for ``mid.epochs`` on ``blocks`` (default: clean views of ``rows`` images; with
-    ``online_attacks`` the first ``rows`` training images) against a fresh tiny teacher; returns (the training-state
-    folder, the config)."""
-    from pipeline.stages.mid import train_worker
-
+def worker_loop(tmp_path: Path, rows: int = 96, **mid: Any) -> tuple[dict[str, Any], Any]:
+    """A fresh tiny teacher under ``tmp_path`` and the MID worker's loop config for ``mid.epochs`` on the first
+    ``rows`` training images; returns (the loop config, the config)."""
     cfg = config_from_dict({**TINY, "output_dir": str(tmp_path), "data": {"dataset": "digits", "train_limit": rows},
                             "mid": {**TINY["mid"], **mid}})
     torch.manual_seed(0)
@@ -62,5 +58,18 @@ def run_worker(tmp_path: Path, blocks: list[dict[str, np.ndarray]] | None = None
             "teacher_fingerprint": checkpoint_fingerprint(teacher_path), "attacks": list(cfg.pool.attacks),
             "end_epoch": cfg.mid.epochs, "state_dir": str(folder), "init_state": None, "pool_version": 0,
             "tracking_uri": None, "run_id": None}
-    train_worker(BlocksContext(blocks if blocks is not None else clean_view_blocks(rows, cfg.pool.attacks)), loop)
-    return folder, cfg
+    return loop, cfg
+
+
+def run_worker(tmp_path: Path, blocks: list[dict[str, np.ndarray]] | None = None, rows: int = 96,
+               context: Any = None, **mid: Any) -> tuple[Path, Any]:
+    """Train the MID worker for ``mid.epochs`` on ``blocks`` (default: clean views of ``rows`` images; with
+    ``online_attacks`` the first ``rows`` training images) against a fresh tiny teacher, as ``context`` (default
+    rank 0 of 1); returns (the training-state folder, the config)."""
+    from pipeline.stages.mid import train_worker
+
+    loop, cfg = worker_loop(tmp_path, rows, **mid)
+    if context is None:
+        context = BlocksContext(blocks if blocks is not None else clean_view_blocks(rows, cfg.pool.attacks))
+    train_worker(context, loop)
+    return Path(loop["state_dir"]), cfg

@@ -274,31 +274,37 @@ def test_debug_shows_the_traceback_instead(tmp_path):
 
 
 def test_baselines_and_ablation_variants_train_and_evaluate_side_by_side(experiment, tmp_path):
-    """Madry AT (teacher stage) and the ERM variant (MID stage) reuse the teacher and pool, get their own checkpoints,
-    MLflow runs and rows; AT learns and is more robust white-box than the undefended teacher; the per-sample worst case of the
-    verdict is below every single attack."""
+    """Madry AT and TRADES (teacher stage) and the ERM variant (MID stage) reuse the teacher and pool, get their own
+    checkpoints, MLflow runs and rows; AT and TRADES learn and are more robust white-box than the undefended teacher;
+    the per-sample worst case of the verdict is below every single attack."""
     from mlflow.tracking import MlflowClient
 
     _, paths, _ = experiment
     out = inputs_of(paths, tmp_path / "run")
     shutil.copy(paths.model("mid"), out / "models" / "mid.pt")
-    common = ["--config", str(TINY), "--set", f"output_dir={out}", "--set", "evaluation.models=[teacher, at, mid]",
+    common = ["--config", str(TINY), "--set", f"output_dir={out}",
+              "--set", "evaluation.models=[teacher, at, trades, mid]",
               "--set", "evaluation.protocols=[paper, whitebox]", "--set", "evaluation.attacks=[PGD_N]",
+              "--set", "evaluation.eps=0.2",  # the budget both tiny robust models were trained at
               "--set", "evaluation.verdict_pgd_restarts=2", "--set", "evaluation.verdict_pgd_steps=5",
               "--set", "evaluation.verdict_pgd_step_size=0.1", "--set", "at.epochs=4", "--set", "at.steps=5",
               # at eps 0.3 this tiny AT collapses to a constant predictor; at 0.2 it learns (~65 % clean)
               "--set", "at.eps=0.2", "--set", "at.step_size=0.05", "--set", "at.lr=0.003", "--set", "at.batch_size=64",
+              *[f"--set=trades.{key}={value}" for key, value in
+                dict(epochs=4, steps=5, eps=0.2, step_size=0.05, lr=0.003, batch_size=64).items()],
               "--set", "mid.epochs=2"]
     erm = ["--set", "mid.variant=erm", "--set", "mid.use_meta=false", "--set", "mid.use_distillation=false",
            "--set", "mid.use_ac=false", "--set", "mid.use_cc=false"]
     assert mid("teacher", *common) == 0
     assert mid("train", *common, *erm) == 0
-    assert mid("evaluate", *common, "--set", "evaluation.models=[teacher, at, mid, erm]") == 0
+    assert mid("evaluate", *common, "--set", "evaluation.models=[teacher, at, trades, mid, erm]") == 0
     rows = {(r["protocol"], r["model"]): r for r in json.loads((out / "evaluation" / "results.json").read_text())["rows"]}
-    assert set(rows) == {(p, m) for p in ("paper", "whitebox") for m in ("teacher", "at", "mid", "erm")}
-    assert rows[("whitebox", "at")]["benign"] >= 0.5  # a learned model, not a constant one
-    assert rows[("whitebox", "at")]["PGD_N"] > rows[("whitebox", "teacher")]["PGD_N"]
-    for model in ("teacher", "at", "mid", "erm"):
+    models = ("teacher", "at", "trades", "mid", "erm")
+    assert set(rows) == {(p, m) for p in ("paper", "whitebox") for m in models}
+    for robust in ("at", "trades"):
+        assert rows[("whitebox", robust)]["benign"] >= 0.5  # a learned model, not a constant one
+        assert rows[("whitebox", robust)]["PGD_N"] > rows[("whitebox", "teacher")]["PGD_N"]
+    for model in models:
         row, verdict = rows[("whitebox", model)], rows[("whitebox", model)]["verdict"]
         assert verdict["per_sample_worst_case"] <= min(row["PGD_N"], verdict["pgd_restarts"]) + 1e-9
         assert verdict["images"] == 200
@@ -309,4 +315,5 @@ def test_baselines_and_ablation_variants_train_and_evaluate_side_by_side(experim
     assert len(erm_runs) == 1 and erm_runs[0].info.run_name == "tiny_test/erm"
     assert erm_runs[0].data.tags["method"] == "mid[no-meta,no-dst,no-ac,no-cc]"
     evaluated = {r.data.tags["model"]: r.data.tags["method"] for r in runs if "model" in r.data.tags}
-    assert evaluated == {"teacher": "none", "at": "at", "mid": "mid", "erm": "mid[no-meta,no-dst,no-ac,no-cc]"}
+    assert evaluated == {"teacher": "none", "at": "at", "trades": "trades[beta=6]", "mid": "mid",
+                         "erm": "mid[no-meta,no-dst,no-ac,no-cc]"}

@@ -1,8 +1,9 @@
 """``run_attack``: run an ``AttackSpec`` against a model that maps [0, 1] images to logits, through advertorch
-(PGD, MIM, FGSM, BIM, CW-L2, JSMA) or AutoAttack, deterministically given a generator."""
+(PGD, MIM, FGSM, BIM, CW-L2, JSMA, DDN, stAdv) or AutoAttack (L-inf, L2, L1), deterministically given a generator."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._advertorch_compat import import_advertorch_attacks
-from .spec import AttackSpec
+from .spec import AUTOATTACK_NORMS, AttackSpec
 
 # advertorch's JSMA iterates until *every* image of its batch reaches its target (or 392 steps on MNIST), and each
 # step computes 10 Jacobians and a (batch, 784, 784) saliency map for the whole batch, finished images included: one
@@ -21,6 +22,15 @@ from .spec import AttackSpec
 # 67 s as one batch, 24-29 s in chunks of 1, 2 or 5). On a GPU a step costs about the same for any batch size, so
 # there the whole batch runs at once.
 JSMA_CPU_CHUNK = 2
+
+# Warnings advertorch's DDN and stAdv emit on every call on current PyTorch / SciPy about their own code (the
+# scheduler-before-optimizer order, grid_sample's align_corners default, L-BFGS-B's deprecated iprint); the
+# behaviour they describe is the one these attacks were written for.
+_LIBRARY_WARNINGS: tuple[str, ...] = (
+    r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`",
+    r"Default grid_sample and affine_grid behavior has changed",
+    r"scipy.optimize: The `disp` and `iprint` options",
+)
 
 
 def random_targets(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -105,7 +115,57 @@ def _build_advertorch(spec: AttackSpec, model: nn.Module, num_classes: int):
                                         **common)
     if spec.kind == "jsma":
         return at.JacobianSaliencyMapAttack(model, num_classes, theta=spec.jsma_theta, gamma=spec.jsma_gamma, **common)
+    if spec.kind == "ddn":
+        return at.DDNL2Attack(model, nb_iter=spec.steps, targeted=spec.targeted, **common)
+    if spec.kind == "spatial":
+        return at.SpatialTransformAttack(model, num_classes, max_iterations=spec.steps, targeted=spec.targeted,
+                                         **common)
     raise AssertionError(spec.kind)  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _quiet_library_warnings() -> Iterator[None]:
+    """Silence ``_LIBRARY_WARNINGS`` (and only them) for the duration of an attack."""
+    with warnings.catch_warnings():
+        for message in _LIBRARY_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def perturbation_size(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-image size ``(N,)`` of perturbations ``delta`` ``(N, C, H, W)`` in ``norm`` (``linf``, ``l2``, ``l1``)."""
+    flat = delta.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    if norm == "l2":
+        return flat.norm(p=2, dim=1)
+    if norm == "l1":
+        return flat.abs().sum(1)
+    raise ValueError(f"perturbation size: norm must be 'linf', 'l2' or 'l1', got {norm!r}")
+
+
+def _within_budget(spec: AttackSpec, adv: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """``adv`` ``(N, C, H, W)`` brought to the spec's threat model, in [0, 1].
+
+    * L-inf: projected onto the eps ball (removes float excess; the attacks already stay inside).
+    * L2 / L1 AutoAttack: each perturbation farther than eps is scaled back onto the sphere (float excess only).
+    * DDN, a minimum-norm attack, is judged at its budget: an image whose adversarial needs more than eps (L2) gets
+      its clean image back, so it counts as robust exactly when the attack failed or needed more than eps.
+    * stAdv: advertorch returns an all-zero image where it found no adversarial; that image gets its clean one back.
+    """
+    if spec.linf_eps is not None:
+        adv = torch.minimum(torch.maximum(adv, images - spec.linf_eps), images + spec.linf_eps)
+    elif spec.kind == "ddn":
+        too_far = perturbation_size(adv - images, "l2") > spec.eps
+        adv = torch.where(too_far.view(-1, 1, 1, 1), images, adv)
+    elif spec.kind == "autoattack":
+        delta = adv - images
+        scale = (spec.eps / perturbation_size(delta, spec.norm).clamp_min(1e-12)).clamp(max=1.0)
+        adv = images + delta * scale.view(-1, 1, 1, 1)
+    elif spec.kind == "spatial":
+        failed = (adv.flatten(1) == 0).all(1) & (images.flatten(1) != 0).any(1)
+        adv = torch.where(failed.view(-1, 1, 1, 1), images, adv)
+    return adv.clamp_(0.0, 1.0)
 
 
 def _success_and_loss(model: nn.Module, adv: torch.Tensor, labels: torch.Tensor,
@@ -125,10 +185,18 @@ def _run_autoattack(spec: AttackSpec, model: nn.Module, images: torch.Tensor, la
     # argument (it logs at DEBUG to the "auto-attack" logger), and the batch size is `batch_size=`, not `bs=`.
     from pyautoattack import AutoAttack
 
-    adversary = AutoAttack(model, norm="Linf", eps=float(spec.eps), version=spec.autoattack_version,
+    adversary = AutoAttack(model, norm=AUTOATTACK_NORMS[spec.norm], eps=float(spec.eps),
+                           version=spec.autoattack_version,
                            attacks=list(spec.autoattack_attacks) if spec.autoattack_attacks else None,
                            device=images.device, seed=seed)
     adversary.verbose = False
+    if spec.norm == "l1" and spec.autoattack_version == "custom":
+        # The L1 settings of AutoAttack's standard version (AutoAttack._set_version), which a custom run skips: APGD
+        # on L1 needs the large-eps schedule (Croce & Hein 2021) to be reliable.
+        adversary.apgd.use_largereps = True
+        adversary.apgd_targeted.use_largereps = True
+        adversary.apgd.n_restarts = 5
+        adversary.apgd_targeted.n_target_classes = 5
     x_adv, _ = adversary.run_standard_evaluation(images, labels, batch_size=max(1, images.shape[0]))
     return x_adv
 
@@ -142,7 +210,8 @@ def run_attack(spec: AttackSpec, model: nn.Module, images: torch.Tensor, labels:
     ``random_targets`` from it (unless ``targets`` is given), and torch's global RNG, which advertorch's random
     start and AutoAttack use, is seeded from it inside ``torch.random.fork_rng`` so the caller's RNG state is
     unchanged. The model is in eval mode with frozen parameters during the attack (both restored after), so no
-    gradient reaches ``p.grad``. L-inf outputs are projected once more onto the eps ball and [0, 1].
+    gradient reaches ``p.grad``. Outputs are brought to the spec's budget and [0, 1] (``_within_budget``: L-inf
+    ones projected once more onto the eps ball, DDN judged at its L2 budget).
     """
     _check_inputs(images, labels, num_classes)
     device = images.device
@@ -162,7 +231,8 @@ def run_attack(spec: AttackSpec, model: nn.Module, images: torch.Tensor, labels:
         return AttackOutput(images.clone(), targets)
 
     fork_devices = rng_fork_devices(device)
-    with frozen_eval(model), torch.enable_grad(), torch.random.fork_rng(devices=fork_devices):
+    with frozen_eval(model), torch.enable_grad(), torch.random.fork_rng(devices=fork_devices), \
+            _quiet_library_warnings():
         torch.manual_seed(rng_seed)
         x = images.detach()
         if spec.kind == "autoattack":
@@ -180,6 +250,4 @@ def run_attack(spec: AttackSpec, model: nn.Module, images: torch.Tensor, labels:
                 better = (ok_c & ~ok_a) | ((ok_c == ok_a) & (loss_c > loss_a))
                 adv = torch.where(better.view(-1, 1, 1, 1), cand, adv)
     adv = adv.detach().to(device=device, dtype=images.dtype)
-    if spec.linf_eps is not None:
-        adv = torch.minimum(torch.maximum(adv, images - spec.linf_eps), images + spec.linf_eps)
-    return AttackOutput(adv.clamp_(0.0, 1.0), targets)
+    return AttackOutput(_within_budget(spec, adv, images), targets)

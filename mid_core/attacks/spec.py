@@ -1,5 +1,6 @@
 """``AttackSpec``: the full, JSON-able description of one attack (what the adversarial store and MLflow record),
-and the names it is built from: attack kinds, the paper's Table 2 columns, the library class of each kind."""
+and the names it is built from: attack kinds, the paper's Table 2 columns, the white-box threat-model columns, the
+library class of each kind and the budget (norm, eps) each kind is judged at."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,16 +8,23 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-ATTACK_KINDS: tuple[str, ...] = ("pgd", "mim", "fgsm", "bim", "cw", "jsma", "autoattack")
+ATTACK_KINDS: tuple[str, ...] = ("pgd", "mim", "fgsm", "bim", "cw", "jsma", "autoattack", "ddn", "spatial")
 
 # Paper Table 2 attack columns, in table order (the "Benign" column is separate).
 PAPER_COLUMNS: tuple[str, ...] = (
     "PGD_N", "PGD_T", "MIM_N", "MIM_T", "FGSM_N", "FGSM_T", "BIM_N", "BIM_T", "CW_N", "CW_T", "AA_N", "JSMA_T",
 )
 
+# White-box threat-model columns beyond the paper's L-inf ones (untargeted only; see ``defaults``): L2 AutoAttack,
+# AutoAttack's L1 APGD, DDN (L2, minimum-norm, judged at the budget), FAB (L-inf) and stAdv (spatial, no budget).
+# They are computed on the scored model itself only: the fixed stores of the paper / transfer protocols hold L-inf
+# attacks.
+WHITEBOX_ONLY_COLUMNS: tuple[str, ...] = ("AAL2_N", "APGDL1_N", "DDN_N", "FAB_N", "STADV_N")
+
 # Column prefix -> kind.
 _PREFIX_TO_KIND: dict[str, str] = {
     "PGD": "pgd", "MIM": "mim", "FGSM": "fgsm", "BIM": "bim", "CW": "cw", "JSMA": "jsma", "AA": "autoattack",
+    "AAL2": "autoattack", "APGDL1": "autoattack", "FAB": "autoattack", "DDN": "ddn", "STADV": "spatial",
 }
 
 ADVERTORCH_CLASSES: dict[str, str] = {
@@ -26,12 +34,20 @@ ADVERTORCH_CLASSES: dict[str, str] = {
     "bim": "LinfBasicIterativeAttack",
     "cw": "CarliniWagnerL2Attack",
     "jsma": "JacobianSaliencyMapAttack",
+    "ddn": "DDNL2Attack",
+    "spatial": "SpatialTransformAttack",
 }
 
-# Kinds whose output is guaranteed inside an L-inf ball of radius ``eps``.
+# Kinds whose output is guaranteed inside a ball of radius ``eps`` in the spec's ``norm`` (L-inf for the first four;
+# AutoAttack in its ``norm``). DDN is judged at its L2 budget too (``AttackSpec.budget_eps``).
 LINF_KINDS: tuple[str, ...] = ("pgd", "mim", "fgsm", "bim", "autoattack")
-# Kinds with a fixed, non-L-inf threat model.
-_FIXED_NORMS: dict[str, str] = {"cw": "l2", "jsma": "l0"}
+# Kinds with a fixed, non-L-inf threat model. CW, JSMA and stAdv have no budget: ``eps`` is ignored.
+_FIXED_NORMS: dict[str, str] = {"cw": "l2", "jsma": "l0", "ddn": "l2", "spatial": "spatial"}
+_UNBOUNDED_KINDS: tuple[str, ...] = ("cw", "jsma", "spatial")
+# AutoAttack's norms, spec name -> pyautoattack name.
+AUTOATTACK_NORMS: dict[str, str] = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+# Default radius per norm for 28x28 images in [0, 1] (MNIST-scale budgets; other image sizes need their own).
+DEFAULT_EPS: dict[str, float] = {"linf": 0.3, "l2": 1.5, "l1": 12.0}
 
 AUTOATTACK_VERSIONS: tuple[str, ...] = ("standard", "plus", "rand", "custom")
 AUTOATTACK_ATTACKS: tuple[str, ...] = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
@@ -43,8 +59,12 @@ TARGET_RULE = "uniform over the classes other than the true label (random_target
 class AttackSpec:
     """Everything needed to rerun one attack; ``to_dict`` is what the store and MLflow record.
 
-    ``eps`` is the L-inf radius for pgd / mim / fgsm / bim / autoattack and is ignored by cw (L2, unbounded)
-    and jsma (L0); ``linf_eps`` is ``eps`` or ``None`` accordingly. For FGSM ``steps`` is 1 and ``step_size``
+    ``eps`` is the radius in ``norm``: L-inf for pgd / mim / fgsm / bim, AutoAttack's ``norm`` (``linf``, ``l2`` or
+    ``l1``) for autoattack, L2 for ddn (a minimum-norm attack judged at this budget: an output farther than ``eps``
+    counts as a failed attack, see ``run_attack``). It is ignored by cw (L2, unbounded), jsma (L0) and spatial (stAdv,
+    a flow field with a smoothness penalty and no budget). An L-inf ``eps`` must lie in (0, 1]; an L2 / L1 one be
+    > 0. ``budget_eps`` is ``eps`` where it bounds the output, else ``None``; ``linf_eps`` the same for L-inf only.
+    ``steps`` is also DDN's iteration count and stAdv's L-BFGS iteration limit. For FGSM ``steps`` is 1 and ``step_size``
     equals ``eps`` (set automatically). ``restarts`` (PGD only) keeps the worst case per sample.
     ``autoattack_attacks`` (with ``autoattack_version="custom"``) runs a subset of AutoAttack's attacks.
     """
@@ -79,10 +99,12 @@ class AttackSpec:
             if self.norm not in ("linf", fixed):  # "linf" is just the field default
                 raise ValueError(f"{self.kind} is an {fixed} attack; norm {self.norm!r} is not supported")
             object.__setattr__(self, "norm", fixed)
+        elif self.kind == "autoattack":
+            if self.norm not in AUTOATTACK_NORMS:
+                raise ValueError(f"AutoAttack's norm must be one of {list(AUTOATTACK_NORMS)}, got {self.norm!r}")
         elif self.norm != "linf":
             raise ValueError(f"only L-inf is supported for {self.kind}; got norm {self.norm!r}")
-        if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and 0.0 < self.eps <= 1.0):
-            raise ValueError(f"eps must be in (0, 1], got {self.eps!r}")
+        self._check_eps()
         if self.kind == "fgsm":  # one step of size eps, recorded as such
             object.__setattr__(self, "steps", 1)
             object.__setattr__(self, "step_size", float(self.eps))
@@ -122,6 +144,16 @@ class AttackSpec:
         elif self.kind == "autoattack" and self.autoattack_version == "custom":
             raise ValueError("autoattack_version='custom' needs autoattack_attacks")
 
+    def _check_eps(self) -> None:
+        """An L-inf (or ignored) ``eps`` lies in (0, 1]; an L2 / L1 radius is a finite number > 0."""
+        if self.norm in ("l2", "l1") and self.kind not in _UNBOUNDED_KINDS:
+            if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and 0.0 < self.eps
+                                                  and math.isfinite(self.eps)):
+                raise ValueError(f"eps is the {self.norm.upper()} radius of {self.name} and must be a finite number "
+                                 f"> 0 (e.g. {DEFAULT_EPS[self.norm]} on 28x28 images), got {self.eps!r}")
+        elif isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and 0.0 < self.eps <= 1.0):
+            raise ValueError(f"eps must be in (0, 1], got {self.eps!r}")
+
     @property
     def library(self) -> str:
         """``"autoattack"`` for AutoAttack, else ``"advertorch"``."""
@@ -133,9 +165,16 @@ class AttackSpec:
         return "pyautoattack.AutoAttack" if self.kind == "autoattack" else f"advertorch.attacks.{ADVERTORCH_CLASSES[self.kind]}"
 
     @property
+    def budget_eps(self) -> float | None:
+        """The radius in ``norm`` every output stays within (DDN's outputs beyond it are replaced by the clean
+        image), or ``None`` for the attacks without a budget (CW, JSMA, stAdv)."""
+        return None if self.kind in _UNBOUNDED_KINDS else float(self.eps)
+
+    @property
     def linf_eps(self) -> float | None:
-        """The L-inf radius every output pixel stays within, or ``None`` for CW (L2) and JSMA (L0)."""
-        return float(self.eps) if self.kind in LINF_KINDS else None
+        """The L-inf radius every output pixel stays within, or ``None`` for attacks in another norm (CW, JSMA, DDN,
+        stAdv, L2 / L1 AutoAttack)."""
+        return float(self.eps) if self.kind in LINF_KINDS and self.norm == "linf" else None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able record of the full spec, plus ``library``, ``attack_class``, ``linf_eps`` and ``target_rule``."""

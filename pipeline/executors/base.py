@@ -4,7 +4,8 @@ A training function is a plain function ``fn(ctx: WorkerContext, loop_config: di
 path (``"pipeline.stages.mid:train_worker"``), so any executor can start it in any process. It learns its rank, world
 size and device from ``ctx``, averages its gradients with ``ctx.average_gradients`` (hand all-reduce: the MID meta
 step's second-order gradients do not go through DDP), and reads its share of a store's blocks with
-``ctx.store_blocks()`` in the order the stage planned.
+``ctx.store_blocks()`` in the order the stage planned. Blocks a stage makes itself (in-memory data for online attack
+views) are split with ``shard_blocks``: every rank takes its own blocks, as a store's are split between workers.
 
 Generation is a list of store blocks; each is computed and written whole by a ``BlockGenerator``
 (``pipeline.stages.pool``) built from the same keyword arguments in every executor.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +71,13 @@ class Executor(Protocol):
         """Run training function ``fn`` (``"module:function"``) on ``resources.workers`` workers; with ``store``, the
         workers read its blocks in ``block_order``. A failed worker group is restarted up to ``max_failures`` times
         (the function resumes from the state it saved)."""
+
+
+def shard_blocks(order: Sequence[int], rank: int, world_size: int) -> list[int]:
+    """Rank ``rank``'s share of the blocks listed in ``order`` (of ``world_size`` ranks): every ``world_size``-th block
+    from the ``rank``-th, in ``order``. The shares are disjoint and together hold every block once, so the ranks of a
+    data-parallel run see the same images per epoch as one worker, each computing only its own."""
+    return list(order[rank::world_size])
 
 
 def resolve(fn: str) -> Callable[..., Any]:

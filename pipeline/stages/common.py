@@ -7,7 +7,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.errors import MissingInputError
 from pipeline.paths import ExperimentPaths
 
-BASE_ROLES = ("teacher", "substitute", "standard", "at")
+BASE_ROLES = ("teacher", "substitute", "standard", "at", "trades")
 
 
 def checkpoint_fingerprint(path: str | Path) -> str:
@@ -30,7 +30,7 @@ def require_model(cfg: ExperimentConfig, role: str) -> Path:
 
 def models_to_train(cfg: ExperimentConfig) -> list[tuple[str, int]]:
     """(role, seed) of each base model this config needs: the teacher always; the substitute for the ``transfer``
-    protocol (or a ``substitute`` row), the standard classifier as pool source (or a row), Madry AT as a row."""
+    protocol (or a ``substitute`` row), the standard classifier as pool source (or a row), Madry AT and TRADES as rows."""
     roles = [("teacher", cfg.seed)]
     if "transfer" in cfg.evaluation.protocols or "substitute" in cfg.evaluation.models:
         roles.append(("substitute", cfg.seed + cfg.teacher.substitute_seed_offset))
@@ -38,6 +38,8 @@ def models_to_train(cfg: ExperimentConfig) -> list[tuple[str, int]]:
         roles.append(("standard", cfg.seed + cfg.teacher.standard_seed_offset))
     if "at" in cfg.evaluation.models:
         roles.append(("at", cfg.seed + cfg.at.seed_offset))
+    if "trades" in cfg.evaluation.models:
+        roles.append(("trades", cfg.seed + cfg.trades.seed_offset))
     return roles
 
 

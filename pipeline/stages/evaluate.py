@@ -3,8 +3,9 @@
 * ``paper``: the model scored on the fixed test store attacked on the pool's source model (a transfer setting:
   how the paper's Table 2 was made);
 * ``whitebox``: every attack computed against the evaluated model itself, end to end (AutoAttack included), with
-  sanity checks in the spirit of AutoAttack's ``checks.py`` and an optional verdict (PGD with restarts, the
-  per-sample worst case, a longer Square);
+  sanity checks in the spirit of AutoAttack's ``checks.py``, the per-sample worst case of each norm and their
+  union over the row's budgeted columns (L-inf, L2, L1; ``threat_model_summary``), and an optional verdict (PGD
+  with restarts, the per-sample worst case, a longer Square);
 * ``transfer``: the model scored on the fixed test store attacked on the independently trained substitute (paper
   Table 3).
 
@@ -15,7 +16,8 @@ header says so). A fixed test store is used only if it was attacked on the model
 rows the config asks for. Evaluation runs in the calling process (it needs no workers), so both executors give the
 same table. Writes ``table.md``, ``table.csv``, ``results.json`` and ``heatmap.png`` under
 ``<output_dir>/evaluation`` and logs them to MLflow, with one run per evaluated model (``clean_acc``,
-``robust_acc/<protocol>/<attack>``) for side-by-side comparison.
+``robust_acc/<protocol>/<attack>``, and ``robust_acc/whitebox/{worst_linf,worst_l2,worst_l1,union}``) for
+side-by-side comparison.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from pipeline.errors import MissingInputError, StaleInputError
 from pipeline.executors.base import auto_threads
 from pipeline.paths import ExperimentPaths
 from pipeline.stages.common import checkpoint_fingerprint, pool_source_role, require_model
-from pipeline.stages.pool import SLOW_KINDS, TEST_SOURCES, attack_specs, is_slow, test_store_limits
+from pipeline.stages.pool import TEST_SOURCES, attack_specs, is_slow, test_store_limits
 from pipeline.stages.tables import column_names, write_tables
 
 log = logging.getLogger(__name__)
@@ -92,11 +94,13 @@ def fixed_rows(cfg: ExperimentConfig, protocol: str, models: dict[str, torch.nn.
 
 def whitebox_rows(cfg: ExperimentConfig, models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
                   slow_n: int) -> list[dict[str, Any]]:
-    """One ``whitebox`` row per model: every attack run on the model itself, then the sanity checks and verdict."""
-    from mid_core.evaluation import accuracy, evaluate_attack, summarize_row
+    """One ``whitebox`` row per model: every attack run on the model itself, then the sanity checks, the per-norm
+    worst cases and their union (``threat_model_summary``), and the verdict."""
+    from mid_core.evaluation import accuracy, budgeted_outcomes, evaluate_attack, predict, summarize_row, \
+        threat_model_summary
 
     ev = cfg.evaluation
-    specs = attack_specs(ev.attacks, ev.eps, ev.steps, ev.step_size)
+    specs = attack_specs(ev.attacks, ev.eps, ev.steps, ev.step_size, norm_eps={"l2": ev.eps_l2, "l1": ev.eps_l1})
     out = []
     for role, model in models.items():
         values = {"benign": accuracy(model, x, y, ev.batch_size)}
@@ -106,16 +110,21 @@ def whitebox_rows(cfg: ExperimentConfig, models: dict[str, torch.nn.Module], x: 
             t0 = time.perf_counter()
             result, adv = evaluate_attack(spec, model, x[:n], y[:n], batch_size=ev.batch_size, seed=cfg.seed + i)
             values[name] = result.accuracy
-            if n == x.shape[0] and spec.kind not in SLOW_KINDS:
+            if n == x.shape[0] and spec.budget_eps is not None:
                 bounded[name] = adv
             log.info("whitebox %s %s: %.4f on %d images (%.1fs)", role, name, result.accuracy, n,
                      time.perf_counter() - t0)
         log.info("whitebox %s: sanity checks on %d images ...", role, x.shape[0])
         extra: dict[str, Any] = {"sanity_warnings": whitebox_sanity(cfg, model, x, y, values, bounded, specs)}
+        outcomes = budgeted_outcomes(model, y, bounded, specs, ev.batch_size)
+        clean_ok = predict(model, x, ev.batch_size) == y
+        extra.update(threat_model_summary(clean_ok, outcomes, {k: specs[k].norm for k in outcomes}))
         if ev.verdict_pgd_restarts:
             log.info("whitebox %s: verdict, PGD-%d x %d restarts on %d images ...", role, ev.verdict_pgd_steps,
                      ev.verdict_pgd_restarts, x.shape[0])
-            extra["verdict"] = whitebox_verdict(cfg, model, x, y, values, bounded)
+            extra["verdict"] = whitebox_verdict(cfg, model, x, y, values,
+                                                {k: v for k, v in bounded.items() if specs[k].norm == "linf"},
+                                                {k: v for k, v in outcomes.items() if specs[k].norm != "linf"})
             log.info("verdict %s: %s", role, extra["verdict"])
         out.append({"protocol": "whitebox", "model": role, **summarize_row(values), **extra})
     return out
@@ -161,10 +170,13 @@ def whitebox_sanity(cfg: ExperimentConfig, model: torch.nn.Module, images: torch
 
 
 def whitebox_verdict(cfg: ExperimentConfig, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                     values: dict[str, float], bounded: dict[str, torch.Tensor]) -> dict[str, Any]:
+                     values: dict[str, float], bounded: dict[str, torch.Tensor],
+                     other_norms: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """PGD-``verdict_pgd_steps`` with ``verdict_pgd_restarts`` random restarts against ``model``, then the per-sample
     worst case: an image counts as robust only if no L-inf attack of the row (``bounded``: name -> adversarial
-    images ``(N, C, H, W)`` for all of ``images``, AutoAttack included) nor the restarted PGD fooled the model."""
+    images ``(N, C, H, W)`` for all of ``images``, AutoAttack included) nor the restarted PGD fooled the model.
+    ``union`` is that worst case AND survival of the row's budgeted attacks in other norms (``other_norms``: name ->
+    bool ``(N,)``, the model right on that attack's images), so it is never above ``per_sample_worst_case``."""
     from mid_core.attacks import default_spec
     from mid_core.evaluation import evaluate_attack, predict
 
@@ -181,6 +193,11 @@ def whitebox_verdict(cfg: ExperimentConfig, model: torch.nn.Module, images: torc
                "restarts": ev.verdict_pgd_restarts, "per_sample_worst_case": float(robust.float().mean()),
                "worst_case_over": sorted([*bounded, f"PGD-{ev.verdict_pgd_steps}x{ev.verdict_pgd_restarts}"]),
                "images": int(labels.shape[0])}
+    union = robust.clone()
+    for correct in (other_norms or {}).values():
+        union &= correct.to(union.device)
+    verdict["union"] = float(union.float().mean())
+    verdict["union_over"] = sorted([*verdict["worst_case_over"], *(other_norms or {})])
     if ev.verdict_square_queries:
         verdict.update(square_stage(cfg, model, images, labels, robust))
     verdict["seconds"] = time.perf_counter() - t0
@@ -207,7 +224,7 @@ UNDEFENDED = frozenset({"teacher", "standard", "substitute"})  # base models tra
 
 def model_method(cfg: ExperimentConfig, model: str) -> str:
     """The defense behind an evaluated model, as MLflow's ``method`` tag: ``none`` (teacher, standard, substitute),
-    ``at``, or a MID variant's ``method_name`` read from the config saved in its checkpoint (``mid`` when that
+    ``at``, ``trades[beta=<beta>]``, or a MID variant's ``method_name`` read from the config saved in its checkpoint (``mid`` when that
     config is absent or no longer valid)."""
     from mid_core.checkpoint import read_checkpoint
     from pipeline.config import ConfigError, config_from_dict
@@ -217,6 +234,8 @@ def model_method(cfg: ExperimentConfig, model: str) -> str:
         return "none"
     if model == "at":
         return "at"
+    if model == "trades":
+        return f"trades[beta={cfg.trades.beta:g}]"
     saved = read_checkpoint(require_model(cfg, model)).get("config")
     try:
         return method_name(config_from_dict(saved, check_data=False)) if saved else "mid"

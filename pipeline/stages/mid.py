@@ -1,4 +1,4 @@
-"""Stage 3: MID meta-training of the student encoder, over the adversarial pool or with online attacks.
+"""Stage 3: MID meta-training of the student encoder, over the adversarial pool or on views generated in training.
 
 One training function (``train_worker``) runs on every executor's workers. Each step takes a batch of index-aligned
 views (clean image, label, one view per attack), draws the held-out domain a* from (seed, step) (identical on every
@@ -9,9 +9,28 @@ Adam step. ``mid.verify_sync: true`` checks after every step that all workers ho
 Batches: the store's blocks arrive in a fixed order (``block_order``: a permutation by the seed); the rows of every
 window of ``mid.shuffle_buffer`` rows are shuffled with a generator seeded from (seed, epoch, rank) and cut into
 batches (``epoch_batches``). The same config and seed give the same batches, hence with one worker the same weights,
-through either executor. With ``mid.online_attacks`` the views of each batch are generated against the current
-deployed model just before its step instead of read from the pool (adaptive MID; the rows come from the data set in
-the same block order).
+through either executor.
+
+Views generated during training (no pool): the rows come from the training split, cut into blocks of
+``pool.block_size`` read in ``block_order``; with several workers each takes its own blocks (``shard_blocks``, as
+each reads its own share of a store's blocks) and every rank takes as many steps as the smallest share holds full batches, so
+the ranks attack disjoint images, stay in step, and together see the images one worker sees. The views of the step
+``t`` on rank ``r`` draw from ``attack_seed(seed + ONLINE_SEED_OFFSET, t * world_size + r, attack)``.
+
+* ``mid.online_attacks``: each batch's views are generated against the current deployed model just before its step
+  (adaptive MID; age 0).
+* ``mid.attack_refresh_steps: K``: against frozen snapshots of the deployed model, refreshed every K steps and one
+  window ahead (double buffering). Each epoch is cut into windows of K steps (the last may be shorter; windows never
+  cross an epoch boundary). At the start of window w the deployed model is copied and the views of window w + 1 are
+  made against that copy; window 0's views are made against the copy taken at the epoch's start, like window 1's.
+  A step's views are thus ``K + i`` steps old at the i-th step of a window w >= 1 and ``i`` in window 0 (K = 1:
+  one step old from an epoch's second step on). Which snapshot serves which step depends only on the step, so the
+  result does not depend on when the views are computed; this version computes them synchronously when the
+  snapshot is taken (at the start of the window before the one they serve; window 0's with window 1's). Because the schedule restarts every epoch, a run resumed from
+  ``state_epoch<N>.pt`` makes the same snapshots, hence the same views, as one that never stopped.
+
+Both record per epoch ``attack_seconds`` and ``attack_staleness_steps`` (the mean age, in steps, of the model a
+step's views were made against).
 
 State: after every epoch, rank 0 writes ``training/<variant>/state_epoch<N>.pt`` (student, optimizer, epoch, step,
 teacher fingerprint, config) and ``deployed_epoch<N>.pt``. That is the one continuation mechanism: a restarted
@@ -24,6 +43,8 @@ regenerated against the current deployed model (new store version) and training 
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 import math
 import os
@@ -37,14 +58,14 @@ import torch
 
 from pipeline.config import ExperimentConfig, MidConfig, config_from_dict
 from pipeline.errors import MissingInputError, StaleInputError, UserError
-from pipeline.executors.base import Executor, WorkerContext, WorkerResources
+from pipeline.executors.base import Executor, WorkerContext, WorkerResources, shard_blocks
 from pipeline.paths import ExperimentPaths
 from pipeline.stages.common import checkpoint_fingerprint, require_model
 from pipeline.tracking import RunLogger, stage_run
 
 log = logging.getLogger(__name__)
 
-ONLINE_SEED_OFFSET = 7_777_777  # online views draw from attack_seed(seed + this, step, attack)
+ONLINE_SEED_OFFSET = 7_777_777  # generated views: attack_seed(seed + this, step * world_size + rank, attack)
 KEEP_STATES = 2  # training states kept per variant (the latest ones)
 SPARSITY_METRIC = "encoder_sq_sum"  # per-epoch metric: Σθ² of the deployed encoder E_s (the analysis stage's Fig. 10)
 
@@ -68,6 +89,7 @@ def method_name(cfg: ExperimentConfig) -> str:
     off = [n for n, on in (("meta", cfg.mid.use_meta), ("dst", cfg.mid.use_distillation), ("ac", cfg.mid.use_ac),
                            ("cc", cfg.mid.use_cc)) if not on]
     suffix = (["first-order"] if cfg.mid.first_order else []) + (["online"] if cfg.mid.online_attacks else []) \
+        + ([f"stale-k{cfg.mid.attack_refresh_steps}"] if cfg.mid.attack_refresh_steps else []) \
         + [f"no-{n}" for n in off]
     return "mid" + (f"[{','.join(suffix)}]" if suffix else "")
 
@@ -112,13 +134,126 @@ def epoch_batches(blocks: Iterable[dict[str, np.ndarray]], batch_size: int, wind
 
 def dataset_blocks(images: torch.Tensor, labels: torch.Tensor, block_size: int,
                    order: list[int]) -> Iterator[dict[str, np.ndarray]]:
-    """The rows of an in-memory split as store-like blocks (``clean`` uint8, ``label``) in ``order``: what online
-    attacks train on, read in the same order as a store of that block size."""
+    """The rows of an in-memory split as store-like blocks (``clean`` uint8, ``label``) in ``order``: what training
+    with generated views reads, in the same order as a store of that block size."""
     from mid_core.quantize import to_uint8
 
     for block in order:
         sl = slice(block * block_size, min((block + 1) * block_size, labels.shape[0]))
         yield {"clean": to_uint8(images[sl]).cpu().numpy(), "label": labels[sl].cpu().numpy().astype(np.int64)}
+
+
+def dataset_shard(num_rows: int, block_size: int, order: list[int], rank: int, world_size: int,
+                  batch_size: int) -> tuple[list[int], int]:
+    """(rank ``rank``'s blocks, steps per epoch) of an in-memory split of ``num_rows`` rows cut into blocks of
+    ``block_size`` rows and read in ``order``. The blocks are split with ``shard_blocks``; the steps are the full
+    batches of the smallest share, which every rank can take, so all ranks step (and average gradients) together."""
+    shares = [shard_blocks(order, r, world_size) for r in range(world_size)]
+    rows = [sum(min(block_size, num_rows - b * block_size) for b in share) for share in shares]
+    return shares[rank], min(rows) // batch_size
+
+
+def windows(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive lists of ``size`` items (the last one shorter when the items run out)."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def generates_views(mid: MidConfig) -> bool:
+    """Whether training makes its attack views itself (online or refreshed every K steps) instead of reading a pool."""
+    return mid.online_attacks or mid.attack_refresh_steps > 0
+
+
+def online_view_batches(batches: Iterable[dict[str, np.ndarray]], source: TrainingViews, deployed: torch.nn.Module,
+                        first_step: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """(batch with views, age 0) per step: each batch is attacked against ``deployed`` when it is drawn, i.e. after
+    the previous step's update (``mid.online_attacks``)."""
+    for i, batch in enumerate(batches):
+        yield source.attach(deployed, batch, first_step + i), 0
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A snapshot of ``model`` (same parameters and buffers) that later updates of ``model`` do not change."""
+    snapshot = copy.deepcopy(model)
+    for p in snapshot.parameters():
+        p.requires_grad_(False)
+    return snapshot
+
+
+def refreshed_view_batches(batches: Iterable[dict[str, np.ndarray]], source: TrainingViews, deployed: torch.nn.Module,
+                           first_step: int, every: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """(batch with views, age in steps of the model they were made against) per step of one epoch
+    (``mid.attack_refresh_steps``; the window rule is in the module docstring).
+
+    The batches are drawn one window ahead: at the start of window w, ``deployed`` is copied and the next window's
+    views are made against the copy, then window w's views (made one window earlier) are served. Window 0's views are
+    made against the copy taken at the epoch's start. The views are computed synchronously here; computing the next
+    window's in the background while the current one trains would give the same views, as the snapshot is fixed
+    before the window it serves starts.
+    """
+    chunks = windows(batches, every)
+    window, start = next(chunks, []), first_step
+    snapshot = frozen_copy(deployed)  # the model at the start of window 0
+    served = [source.attach(snapshot, b, start + i) for i, b in enumerate(window)]
+    made_at = start
+    while window:
+        following = next(chunks, [])
+        upcoming = [source.attach(snapshot, b, start + len(window) + i) for i, b in enumerate(following)]
+        for i, batch in enumerate(served):
+            yield batch, start + i - made_at
+        made_at, start = start, start + len(window)
+        window, served = following, upcoming
+        if window:  # drawn after the last step of the window: the model at the start of the next one
+            snapshot = frozen_copy(deployed)
+
+
+class TrainingViews:
+    """This rank's share of the training split and the attack views made of it during training
+    (``mid.online_attacks`` or ``mid.attack_refresh_steps``), with the seconds the attacks take."""
+
+    def __init__(self, cfg: ExperimentConfig, attacks: list[str], num_classes: int, rank: int, world_size: int,
+                 device: torch.device) -> None:
+        from mid_core.datasets import load_dataset
+        from pipeline.stages.pool import attack_specs
+
+        data = cfg.data
+        self.train = load_dataset(data.dataset, "train", data.root, data.download).subset(data.train_limit)
+        self.block_size, self.batch_size = cfg.pool.block_size, cfg.mid.batch_size
+        self.refresh = cfg.mid.attack_refresh_steps
+        order = block_order(math.ceil(len(self.train) / self.block_size), cfg.seed)
+        self.shard, self.epoch_steps = dataset_shard(len(self.train), self.block_size, order, rank, world_size,
+                                                     self.batch_size)
+        self.specs = attack_specs(attacks, cfg.pool.eps, cfg.pool.steps, cfg.pool.step_size)
+        self.seed, self.num_classes = cfg.seed + ONLINE_SEED_OFFSET, num_classes
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.seconds = 0.0
+
+    def attach(self, model: torch.nn.Module, batch: dict[str, np.ndarray], step: int) -> dict[str, np.ndarray]:
+        """``batch`` (``clean`` uint8 ``(B, C, H, W)``, ``label`` ``(B,)``) plus ``adv_<attack>`` uint8
+        ``(B, C, H, W)``: its views against ``model`` for global step ``step``, drawn from
+        ``attack_seed(seed, step * world_size + rank, attack)`` (one worker: the step)."""
+        from mid_core.quantize import from_uint8
+        from pipeline.stages import pool
+
+        t0 = time.perf_counter()
+        clean = from_uint8(torch.from_numpy(batch["clean"])).to(self.device)
+        labels = torch.from_numpy(batch["label"]).to(self.device).long()
+        views, _ = pool.attack_views(model, clean, labels, self.specs, self.seed,
+                                     step * self.world_size + self.rank, labels.shape[0], self.num_classes)
+        self.seconds += time.perf_counter() - t0
+        return {**batch, **{f"adv_{n}": v.numpy() for n, v in views.items()}}
+
+    def epoch(self, deployed: torch.nn.Module, first_step: int, window_rows: int,
+              generator: torch.Generator) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """One epoch of (batch with views, age of the model they were made against, in steps): ``epoch_steps``
+        batches of this rank's blocks, shuffled as a store's (``epoch_batches``). Resets ``seconds``."""
+        self.seconds = 0.0
+        blocks = dataset_blocks(self.train.images, self.train.labels, self.block_size, self.shard)
+        clean = itertools.islice(epoch_batches(blocks, self.batch_size, window_rows, generator), self.epoch_steps)
+        if self.refresh:
+            return refreshed_view_batches(clean, self, deployed, first_step, self.refresh)
+        return online_view_batches(clean, self, deployed, first_step)
 
 
 # -------------------------------------------------------------------------------------------------- state
@@ -143,7 +278,8 @@ def latest_state(folder: Path) -> tuple[Path, int] | None:
 
 TRAINING_KEYS = (("model", "backbone"), ("data", "dataset"), ("data", "train_limit"), ("seed", None),
                  ("mid", "use_distillation"), ("mid", "batch_size"), ("mid", "attacks"), ("mid", "online_attacks"),
-                 ("mid", "student_init"), ("pool", "attacks"), ("pool", "refresh_every"))
+                 ("mid", "attack_refresh_steps"), ("mid", "student_init"), ("pool", "attacks"),
+                 ("pool", "refresh_every"))
 
 
 def check_same_training(cfg: ExperimentConfig, theirs: dict[str, Any], epochs_done: int, what: str,
@@ -152,7 +288,9 @@ def check_same_training(cfg: ExperimentConfig, theirs: dict[str, Any], epochs_do
     continuing must equal one longer run. The learning rate may change only after the epochs already trained."""
     for section, key in TRAINING_KEYS:
         mine = getattr(getattr(cfg, section), key) if key else getattr(cfg, section)
-        other = theirs.get(section, {}).get(key) if key else theirs.get(section)
+        # a key missing from an older state's config had its default then
+        other = theirs.get(section, {}).get(key, type(getattr(cfg, section)).model_fields[key].default) if key \
+            else theirs.get(section)
         if mine != other:
             name = f"{section}.{key}" if key else section
             raise UserError(f"{what} was trained with {name} = {other!r}, this config has {mine!r}; continuing would "
@@ -230,9 +368,7 @@ def train_worker(ctx: WorkerContext, loop_config: dict[str, Any]) -> None:
     from mid_core.kernels import use_cpu_kernels
     from mid_core.meta_step import BENIGN, apply_grads, draw_held_out, meta_step
     from mid_core.models import DeployedModel, classifier_student_from_teacher, student_from_teacher
-    from mid_core.quantize import from_uint8
     from mid_core.training import set_learning_rate
-    from pipeline.stages.pool import attack_specs, attack_views
 
     cfg = config_from_dict(loop_config["config"], check_data=False)
     torch.manual_seed(cfg.seed)
@@ -265,28 +401,22 @@ def train_worker(ctx: WorkerContext, loop_config: dict[str, Any]) -> None:
     validation = load_dataset(cfg.data.dataset, "test", cfg.data.root, cfg.data.download).subset(cfg.evaluation.limit or 1000)
     val_x, val_y = validation.images.to(device), validation.labels.to(device)
     mcfg = meta_config(cfg)
-    online = cfg.mid.online_attacks
-    if online:
-        train = load_dataset(cfg.data.dataset, "train", cfg.data.root, cfg.data.download).subset(cfg.data.train_limit)
-        specs = attack_specs(attacks, cfg.pool.eps, cfg.pool.steps, cfg.pool.step_size)
-        order = block_order(math.ceil(len(train) / cfg.pool.block_size), cfg.seed)
+    generated = TrainingViews(cfg, attacks, k, ctx.rank, ctx.world_size, device) if generates_views(cfg.mid) else None
     end_epoch = int(loop_config["end_epoch"])
     while epoch < end_epoch:
         set_learning_rate(optimizer, cfg.mid.lr_at(epoch))
-        t0, sums, batches, divergence, attack_seconds = time.perf_counter(), {}, 0, 0.0, 0.0
+        t0, sums, batches, divergence, ages = time.perf_counter(), {}, 0, 0.0, []
         held_counts = {d: 0 for d in domains}
-        blocks = dataset_blocks(train.images, train.labels, cfg.pool.block_size, order) if online else ctx.store_blocks()
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + ctx.rank)
-        for batch in epoch_batches(blocks, cfg.mid.batch_size, max(cfg.mid.shuffle_buffer, cfg.mid.batch_size), generator):
-            labels = torch.from_numpy(batch["label"]).to(device).long()
-            if online:
-                t1 = time.perf_counter()
-                clean = from_uint8(torch.from_numpy(batch["clean"])).to(device)
-                fresh, _ = attack_views(deployed, clean, labels, specs, cfg.seed + ONLINE_SEED_OFFSET, step,
-                                        labels.shape[0], k)
-                batch = {**batch, **{f"adv_{n}": v.numpy() for n, v in fresh.items()}}
+        window_rows = max(cfg.mid.shuffle_buffer, cfg.mid.batch_size)
+        stream: Iterator[tuple[dict[str, np.ndarray], int | None]] = \
+            generated.epoch(deployed, step, window_rows, generator) if generated is not None else \
+            ((b, None) for b in epoch_batches(ctx.store_blocks(), cfg.mid.batch_size, window_rows, generator))
+        for batch, age in stream:
+            if age is not None:
                 student.train()
-                attack_seconds += time.perf_counter() - t1
+                ages.append(age)
+            labels = torch.from_numpy(batch["label"]).to(device).long()
             views = _views(batch, attacks, device)
             result = meta_step(student, teacher, views, labels, draw_held_out(domains, cfg.seed, step), mcfg)
             apply_grads(student, result.grads)
@@ -310,8 +440,9 @@ def train_worker(ctx: WorkerContext, loop_config: dict[str, Any]) -> None:
                         "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - t0,
                         "max_param_divergence": divergence, "world_size": ctx.world_size,
                         "pool_version": int(loop_config.get("pool_version", 0))})
-        if online:
-            metrics["attack_seconds"] = attack_seconds
+        if generated is not None:
+            metrics["attack_seconds"] = generated.seconds
+            metrics["attack_staleness_steps"] = float(np.mean(ages)) if ages else 0.0
         metrics.update({f"held_out_count/{d}": c for d, c in held_counts.items()})
         metrics["val_clean_accuracy"] = accuracy(deployed, val_x, val_y)
         metrics[SPARSITY_METRIC] = squared_weight_sum(deployed.encoder)  # the paper's sparsity index (Fig. 10)
@@ -378,8 +509,9 @@ def run(cfg: ExperimentConfig, executor: Executor, force: bool = False) -> Path:
     if force and folder.exists():  # a forced retrain starts from scratch, not from the previous run's states
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if cfg.mid.online_attacks:
-        attacks, pool_tag = list(cfg.mid.attacks or cfg.pool.attacks), "online"
+    if generates_views(cfg.mid):
+        attacks = list(cfg.mid.attacks or cfg.pool.attacks)
+        pool_tag = f"stale-k{cfg.mid.attack_refresh_steps}" if cfg.mid.attack_refresh_steps else "online"
     else:
         source_fp = teacher_fp if cfg.pool.source == "teacher" else checkpoint_fingerprint(require_model(cfg, "standard"))
         store = open_training_store(paths.train_pool, teacher_fp, source_fp)
@@ -394,7 +526,8 @@ def run(cfg: ExperimentConfig, executor: Executor, force: bool = False) -> Path:
             log.warning("%s: %s", variant, warning)
     init_state, epoch = starting_state(cfg, paths, teacher_fp)
     segment = cfg.pool.refresh_every or cfg.mid.epochs
-    tags = {"pool_id": pool_tag, "pool_refresh_every": str(cfg.pool.refresh_every), "variant": variant,
+    tags = {"pool_id": pool_tag, "pool_refresh_every": str(cfg.pool.refresh_every),
+            "attack_refresh_steps": str(cfg.mid.attack_refresh_steps), "variant": variant,
             "train_attacks": ",".join(attacks), "continue_from": str(cfg.mid.continue_from or ""),
             "executor": executor.name}
     with stage_run(cfg, "mid", method=method_name(cfg), extra_tags=tags, key=variant) as run_:
@@ -402,7 +535,7 @@ def run(cfg: ExperimentConfig, executor: Executor, force: bool = False) -> Path:
             version = epoch // segment if cfg.pool.refresh_every else 0
             end = min(cfg.mid.epochs, (version + 1) * segment)
             store_path = None
-            if not cfg.mid.online_attacks:
+            if not generates_views(cfg.mid):
                 store_path = paths.refreshed_pool(version, variant)
                 if version > 0:
                     source = deployed_path(folder, version * segment)

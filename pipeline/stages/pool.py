@@ -41,14 +41,23 @@ log = logging.getLogger(__name__)
 SLOW_KINDS = ("cw", "jsma")
 
 
-def attack_specs(names: list[str], eps: float, steps: int | None, step_size: float | None = None) -> dict[str, Any]:
+def attack_specs(names: list[str], eps: float, steps: int | None, step_size: float | None = None,
+                 norm_eps: Mapping[str, float | None] | None = None) -> dict[str, Any]:
     """name -> AttackSpec with the config's eps applied, and its steps / step-size overrides applied to the
-    iterative L-inf attacks (PGD, MIM, BIM); FGSM stays one step of eps, CW/JSMA keep their own budgets."""
+    iterative L-inf attacks (PGD, MIM, BIM); FGSM stays one step of eps, CW/JSMA keep their own budgets.
+
+    ``eps`` is an L-inf radius: attacks in another norm (``AAL2_N``, ``APGDL1_N``, ``DDN_N``) take theirs from
+    ``norm_eps`` (norm -> radius, e.g. ``{"l2": 1.5}``) or keep their defaults where it has none."""
     from mid_core.attacks import default_spec
 
     specs = {}
     for name in names:
-        overrides: dict[str, Any] = {"eps": eps}
+        default = default_spec(name)
+        if default.norm in ("l2", "l1") and default.budget_eps is not None:
+            radius = (norm_eps or {}).get(default.norm)
+            overrides: dict[str, Any] = {"eps": radius} if radius is not None else {}
+        else:
+            overrides = {"eps": eps}
         if name.split("_")[0] in ("PGD", "MIM", "BIM"):
             if steps is not None:
                 overrides["steps"] = steps

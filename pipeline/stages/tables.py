@@ -29,23 +29,28 @@ def write_tables(cfg: ExperimentConfig, rows: list[dict[str, Any]], out_dir: Pat
     for r in rows:
         md.append(f"| {r['protocol']} | {r['model']} | " + " | ".join(f"{100 * r[c]:.2f}" for c in cols) + " |")
     verdicts = [r for r in rows if r.get("verdict")]
+    union = _has_other_norms(rows)  # else the union equals the L-inf worst case and is not shown
     if verdicts:
         v0 = verdicts[0]["verdict"]
         md += ["", f"White-box verdict on {v0['images']} images (accuracy %): AutoAttack, PGD-{v0['pgd_steps']} "
                f"(step {v0['pgd_step_size']}) with {v0['restarts']} random restarts, and the per-sample worst case over "
                "every L-inf attack of the whitebox row"
+               + (" (union: and every L2 / L1 attack of it too)" if union else "")
                + (f", then Square ({v0['square_queries']} queries, {v0['square_restarts']} restart(s)) on what survives it"
                   if "square_queries" in v0 else ""),
                "", "| model | clean | AutoAttack | PGD restarts | per-sample worst case |"
-               + (" worst case + Square |" if "square_queries" in v0 else ""),
-               "|---|---|---|---|---|" + ("---|" if "square_queries" in v0 else "")]
+               + (" worst case + Square |" if "square_queries" in v0 else "") + (" union |" if union else ""),
+               "|---|---|---|---|---|" + ("---|" if "square_queries" in v0 else "") + ("---|" if union else "")]
         for r in verdicts:
             v = r["verdict"]
             aa = f"{100 * v['autoattack']:.2f}" if v["autoattack"] is not None else "n/a"
             with_square = v.get("worst_case_with_square")
             square = (f" {100 * with_square:.2f} |" if with_square is not None else " n/a |") if "square_queries" in v0 else ""
             md.append(f"| {r['model']} | {100 * v['clean']:.2f} | {aa} | {100 * v['pgd_restarts']:.2f} | "
-                      f"{100 * v['per_sample_worst_case']:.2f} |{square}")
+                      f"{100 * v['per_sample_worst_case']:.2f} |{square}"
+                      + (f" {_percent(v.get('union'))} |" if union else ""))
+    if union:
+        md += _threat_model_lines(cfg, rows)
     warn_rows = [r for r in rows if r.get("sanity_warnings")]
     if warn_rows:
         md += ["", "Sanity-check warnings:"] + [f"- {r['protocol']}/{r['model']}: {w}" for r in warn_rows for w in r["sanity_warnings"]]
@@ -60,6 +65,46 @@ def write_tables(cfg: ExperimentConfig, rows: list[dict[str, Any]], out_dir: Pat
                                          "slow_attack_images": slow_n}, indent=2, default=str))
     _heatmap(rows, cols, files["png"], title=f"{cfg.name} ({cfg.data.dataset}, eps={cfg.evaluation.eps})")
     return files
+
+
+def _percent(value: float | None) -> str:
+    """An accuracy in [0, 1] as a percentage with two decimals, or ``n/a``."""
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def _has_other_norms(rows: list[dict[str, Any]]) -> bool:
+    """Whether a row has budgeted columns in a norm other than L-inf (a per-sample L2 or L1 worst case)."""
+    return any(r.get("worst_l2") is not None or r.get("worst_l1") is not None for r in rows)
+
+
+# Columns shown next to the per-norm worst cases, when the row has them: L-inf AA, L2 AA, L1 APGD.
+_THREAT_MODEL_SHOWN = ("AA_N", "AAL2_N", "APGDL1_N")
+
+
+def _threat_model_lines(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> list[str]:
+    """The Markdown section of the white-box rows' threat models: clean, L-inf / L2 AutoAttack and L1 APGD where
+    configured, the per-sample worst case of each norm and their union; empty when no row has a union."""
+    from mid_core.attacks import DEFAULT_EPS
+    from mid_core.evaluation import THREAT_MODEL_KEYS
+
+    with_union = [r for r in rows if r.get("union") is not None]
+    if not with_union:
+        return []
+    ev = cfg.evaluation
+    shown = [c for c in _THREAT_MODEL_SHOWN if c in ev.attacks]
+    r0 = with_union[0]
+    over = "; ".join(f"{k}: {', '.join(r0[f'{k}_over'])}" for k in THREAT_MODEL_KEYS[:-1] if r0.get(k) is not None)
+    l2 = ev.eps_l2 if ev.eps_l2 is not None else DEFAULT_EPS["l2"]
+    l1 = ev.eps_l1 if ev.eps_l1 is not None else DEFAULT_EPS["l1"]
+    lines = ["", f"White-box threat models (accuracy %; budgets L-inf {ev.eps}, L2 {l2}, L1 {l1}): per-sample worst "
+                 f"case of each norm ({over}) and their union (robust only if every budgeted column of the row fails "
+                 "on the image)", "",
+             "| model | clean | " + " | ".join([*shown, *THREAT_MODEL_KEYS]) + " |",
+             "|" + "---|" * (2 + len(shown) + len(THREAT_MODEL_KEYS))]
+    for r in with_union:
+        cells = [_percent(r.get(c)) for c in (*shown, *THREAT_MODEL_KEYS)]
+        lines.append(f"| {r['model']} | {100 * r['benign']:.2f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _heatmap(rows: list[dict[str, Any]], cols: list[str], path: Path, title: str) -> None:

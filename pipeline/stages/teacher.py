@@ -4,7 +4,8 @@
   and a warning printed below 0.5 (the cyclic-consistency loss then has no gradient);
 * ``substitute``: the same architecture with another seed, the source of the ``transfer`` protocol's attacks;
 * ``standard``: a plain classifier E -> C, the pool's source model with ``pool.source: standard``;
-* ``at``: Madry et al. PGD adversarial training of a standard classifier (the AT baseline).
+* ``at``: Madry et al. PGD adversarial training of a standard classifier (the AT baseline);
+* ``trades``: TRADES adversarial training of a standard classifier (``mid_core.trades``).
 
 Each model is written to ``<output_dir>/models/<role>.pt`` (weights-only, with its config and metrics); a model
 whose checkpoint exists is not retrained (delete it to retrain).
@@ -37,13 +38,14 @@ def train_worker(ctx: WorkerContext, loop_config: dict[str, Any]) -> None:
 
 def train_base_model(ctx: WorkerContext, cfg: ExperimentConfig, role: str, seed: int, checkpoint: Path,
                      logger: RunLogger) -> dict[str, float]:
-    """Train one base model (role ``teacher`` | ``substitute`` | ``standard`` | ``at``) on this worker's share of
+    """Train one base model (role ``teacher`` | ``substitute`` | ``standard`` | ``at`` | ``trades``) on this worker's share of
     every batch, save it on rank 0, and return its final metrics."""
     from mid_core.attacks import default_spec, run_attack
     from mid_core.checkpoint import save_checkpoint
     from mid_core.datasets import NUM_CLASSES, load_dataset
     from mid_core.evaluation import accuracy
     from mid_core.models import StandardClassifier, Teacher, classifier_of
+    from mid_core.trades import trades_epoch, trades_perturb
     from mid_core.training import (
         adversarial_epoch, classifier_epoch, decoder_warning, reconstruction_r2, shuffled_batches, teacher_epoch,
     )
@@ -64,8 +66,8 @@ def train_base_model(ctx: WorkerContext, cfg: ExperimentConfig, role: str, seed:
         load_torchvision_weights(model.encoder, model.classifier, cfg.model.pretrained)
     model = model.to(device)
     ctx.broadcast_parameters(model)
-    is_at = role == "at"
-    epochs, batch_size, lr = (cfg.at.epochs, cfg.at.batch_size, cfg.at.lr) if is_at else \
+    robust = {"at": cfg.at, "trades": cfg.trades}.get(role)  # the adversarial-training section, if any
+    epochs, batch_size, lr = (robust.epochs, robust.batch_size, robust.lr) if robust is not None else \
         (cfg.teacher.epochs, cfg.teacher.batch_size, cfg.teacher.lr)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     order_gen = torch.Generator().manual_seed(seed)  # CPU generator: the permutation indexes device tensors alike
@@ -75,13 +77,19 @@ def train_base_model(ctx: WorkerContext, cfg: ExperimentConfig, role: str, seed:
     def madry_pgd(target: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return run_attack(pgd, target, x, y, num_classes=k, generator=attack_gen).adversarial
 
+    def trades_view(target: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        t = cfg.trades
+        return trades_perturb(target, x, t.eps, t.steps, t.step_size, generator=attack_gen)
+
     as_classifier = classifier_of(model) if teacher_like else model
     metrics: dict[str, float] = {}
     for epoch in range(epochs):
         t0 = time.perf_counter()
         batches = shuffled_batches(images, labels, batch_size, order_gen, ctx.rank, ctx.world_size)
-        if is_at:
+        if role == "at":
             metrics = adversarial_epoch(model, batches, optimizer, madry_pgd, ctx.average_gradients)
+        elif role == "trades":
+            metrics = trades_epoch(model, batches, optimizer, trades_view, cfg.trades.beta, ctx.average_gradients)
         elif teacher_like:
             metrics = teacher_epoch(model, batches, optimizer, cfg.teacher.recon_loss, cfg.teacher.recon_weight,
                                     ctx.average_gradients)
